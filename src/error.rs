@@ -1,0 +1,183 @@
+//! Errors of the core, and how gRPC status codes are classified (transient vs fatal).
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+/// An error carried through the core. `Clone` because the same fatal error may be reported both
+/// to the loop and to whoever awaits the runtime.
+#[derive(Clone, thiserror::Error)]
+pub enum Error {
+    /// The stored checkpoint belongs to another processor (or another version of it).
+    #[error("checkpoint content type mismatch: got {got:?}, want {want:?}")]
+    ContentTypeMismatch { got: String, want: String },
+    /// The resume position is outside the server's retention window and the policy is `fail`.
+    #[error("stale cursor {cursor:?}: {reason}")]
+    StaleCursor {
+        cursor: Option<String>,
+        reason: String,
+    },
+    /// A status the server will give again if asked again (auth, bad request, unimplemented...).
+    #[error("{method}: server answered {code}: {message}")]
+    ServerStatus {
+        method: String,
+        code: String,
+        message: String,
+    },
+    /// Trouble that a retry with backoff may cure (server down, rate limited, internal error).
+    #[error("{0}")]
+    Transient(String),
+    /// No checkpoint is stored for the client id (a first run).
+    #[error("checkpoint not found for client id {0:?}")]
+    CheckpointNotFound(String),
+    /// Bad configuration or input, found before or while talking to the server.
+    #[error("{0}")]
+    Config(String),
+    /// Something the processor side reported (a checkpoint that cannot be encoded, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// An error from a foreign client (e.g. a Python object); the payload is handed back
+    /// unchanged to the caller that can interpret it.
+    #[error("{message}")]
+    External {
+        message: String,
+        transient: bool,
+        payload: Arc<dyn Any + Send + Sync>,
+    },
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Error {
+    /// True when a retry with backoff may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transient(_) => true,
+            Error::External { transient, .. } => *transient,
+            _ => false,
+        }
+    }
+
+    /// Classifies a gRPC status returned by `method` following the wire contract's table.
+    pub fn from_status(method: &str, status: &tonic::Status) -> Error {
+        let code = code_name(status.code());
+        let message = status.message().to_string();
+        if is_transient_code(status.code()) {
+            let message = if message.is_empty() {
+                String::from("(no message)")
+            } else {
+                message
+            };
+            Error::Transient(format!("{method}: server answered {code}: {message}"))
+        } else {
+            Error::ServerStatus {
+                method: method.to_string(),
+                code: code.to_string(),
+                message,
+            }
+        }
+    }
+}
+
+/// Codes that a retry with backoff may cure (wire-contract.md, "Status codes").
+pub fn is_transient_code(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unavailable | ResourceExhausted | Internal | Unknown | DeadlineExceeded | Aborted | Cancelled
+    )
+}
+
+/// The canonical upper-case gRPC name of a status code (`UNAVAILABLE`, ...).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Parses a code name as written by [`code_name`] (case-insensitive).
+pub fn code_from_name(name: &str) -> Option<tonic::Code> {
+    use tonic::Code::*;
+    let all = [
+        Ok,
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        OutOfRange,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        DataLoss,
+        Unauthenticated,
+    ];
+    all.into_iter()
+        .find(|c| code_name(*c).eq_ignore_ascii_case(name.trim()))
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_codes_like_the_wire_contract() {
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::Internal,
+            tonic::Code::Unknown,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Aborted,
+        ] {
+            assert!(Error::from_status("m", &tonic::Status::new(code, "x")).is_transient());
+        }
+        for code in [
+            tonic::Code::Unauthenticated,
+            tonic::Code::PermissionDenied,
+            tonic::Code::InvalidArgument,
+            tonic::Code::Unimplemented,
+        ] {
+            let e = Error::from_status("SubscribeEvents", &tonic::Status::new(code, "nope"));
+            assert!(!e.is_transient());
+            let text = e.to_string();
+            assert!(text.contains(code_name(code)), "{text}");
+            assert!(text.contains("nope"), "{text}");
+        }
+    }
+
+    #[test]
+    fn code_names_round_trip() {
+        assert_eq!(code_from_name("unavailable"), Some(tonic::Code::Unavailable));
+        assert_eq!(code_from_name("PERMISSION_DENIED"), Some(tonic::Code::PermissionDenied));
+        assert_eq!(code_from_name("bogus"), None);
+    }
+}

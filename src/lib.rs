@@ -1,0 +1,25 @@
+//! Rust core of `memory-service-processor`.
+//!
+//! - [`model`]: events, checkpoints, configuration and the client traits.
+//! - [`grpc`]: tonic clients for the Memory Service (events and checkpoints).
+//! - [`stream_loop`]: subscribe / reconnect / stale cursor / eviction, feeding [`buffer`].
+//! - [`driver`]: the processor-side state machine (batches, flushes, snapshots, stop).
+//! - [`checkpoint_writer`]: non-blocking, coalescing checkpoint writes.
+//! - [`server`]: `LocalMemoryService`, a real gRPC server for tests, benchmarks and the demo.
+//! - `bridge` (feature `python`): the PyO3 module `memory_service_processor._native`.
+
+pub mod backoff;
+pub mod buffer;
+pub mod checkpoint_writer;
+pub mod driver;
+pub mod error;
+pub mod jsonvalue;
+pub mod model;
+pub mod stats;
+pub mod stream_loop;
+
+/// Generated protobuf and tonic code for `memory.v1`.
+pub mod proto {
+    #![allow(clippy::all)]
+    tonic::include_proto!("memory.v1");
+}

@@ -1,0 +1,234 @@
+//! The shapes the loop works with and the client traits it is generic over (the seed's
+//! `EventClient` / `EventStream` / `CheckpointClient`).
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+
+/// One notification from the stream, normalized.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub event: String,
+    pub kind: String,
+    pub data: Bytes,
+    pub cursor: Option<String>,
+    /// Time of receipt (the wire carries no event time).
+    pub received: SystemTime,
+}
+
+impl Event {
+    /// True for connection-level signals (`kind == "stream"`), never business events.
+    pub fn is_signal(&self) -> bool {
+        self.kind == "stream"
+    }
+
+    /// The `reason` field of a signal's JSON payload, if any.
+    pub fn reason(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&self.data).ok()?;
+        v.get("reason")
+            .and_then(|r| r.as_str())
+            .map(str::to_string)
+    }
+
+    /// The `phase` field of a `phase` signal's payload, if any.
+    pub fn phase(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&self.data).ok()?;
+        v.get("phase").and_then(|r| r.as_str()).map(str::to_string)
+    }
+}
+
+/// A stored processor checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub client_id: String,
+    pub content_type: String,
+    pub value: serde_json::Value,
+    pub updated_at: Option<SystemTime>,
+}
+
+/// Which events the subscription may see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every user's events (needs the admin role).
+    Admin,
+    /// The caller's own events.
+    User,
+}
+
+impl Scope {
+    /// Parses `"admin"` / `"user"` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "admin" => Some(Scope::Admin),
+            "user" => Some(Scope::User),
+            _ => None,
+        }
+    }
+}
+
+/// What to do when the stored position fell out of the server's retention window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StalePolicy {
+    /// Stop with a `StaleCursor` error (default): a human decides.
+    Fail,
+    /// Resubscribe from the start of the retained window (`after_cursor = "start"`).
+    Restart,
+    /// Resubscribe without a cursor: live events only.
+    Tail,
+}
+
+impl StalePolicy {
+    pub fn parse(s: &str) -> Option<StalePolicy> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fail" => Some(StalePolicy::Fail),
+            "restart" => Some(StalePolicy::Restart),
+            "tail" => Some(StalePolicy::Tail),
+            _ => None,
+        }
+    }
+}
+
+/// A subscription request, transport-neutral.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SubscribeRequest {
+    pub kinds: Vec<String>,
+    pub detail: Option<String>,
+    pub after_cursor: Option<String>,
+    pub scope: Scope,
+    pub justification: Option<String>,
+    pub conversation_ids: Vec<String>,
+    pub entry_channels: Vec<String>,
+    pub entry_content_types: Vec<String>,
+    pub entry_roles: Vec<String>,
+}
+
+/// The loop's configuration (validated by the caller; [`LoopConfig::validate`] re-checks).
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    pub client_id: String,
+    pub kinds: Vec<String>,
+    pub conversation_ids: Vec<String>,
+    pub entry_channels: Vec<String>,
+    pub entry_content_types: Vec<String>,
+    pub entry_roles: Vec<String>,
+    pub scope: Scope,
+    /// Where a first run starts: `None` = live tail only, `"start"` = the retained start.
+    pub after_cursor: Option<String>,
+    pub justification: Option<String>,
+    /// Flush and save at least this often.
+    pub checkpoint_interval: Duration,
+    /// A write is due after this many handled events (1 = after every event, as the seed).
+    pub checkpoint_every: u64,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub stale_cursor: StalePolicy,
+    /// Capacity of the buffer between the network and the processor, in events.
+    pub buffer_size: usize,
+    /// Most events handed to the processor in one batch.
+    pub max_batch: usize,
+    /// Budget for the final flush + checkpoint write on stop.
+    pub stop_timeout: Duration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        LoopConfig {
+            client_id: String::new(),
+            kinds: Vec::new(),
+            conversation_ids: Vec::new(),
+            entry_channels: Vec::new(),
+            entry_content_types: Vec::new(),
+            entry_roles: Vec::new(),
+            scope: Scope::Admin,
+            after_cursor: None,
+            justification: None,
+            checkpoint_interval: Duration::from_secs(5),
+            checkpoint_every: 1,
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(30),
+            stale_cursor: StalePolicy::Fail,
+            buffer_size: 4096,
+            max_batch: 512,
+            stop_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl LoopConfig {
+    /// Refuses what the loop cannot run with (the seed's step 1, plus sane numbers).
+    pub fn validate(&self) -> Result<()> {
+        use crate::error::Error::Config;
+        if self.client_id.trim().is_empty() {
+            return Err(Config("client_id must be a non-empty string".into()));
+        }
+        if self.checkpoint_interval.is_zero() {
+            return Err(Config("checkpoint_interval must be positive".into()));
+        }
+        if self.checkpoint_every == 0 {
+            return Err(Config("checkpoint_every must be at least 1".into()));
+        }
+        if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
+            return Err(Config(
+                "reconnect_min must be positive and reconnect_max at least reconnect_min".into(),
+            ));
+        }
+        if self.buffer_size == 0 || self.max_batch == 0 {
+            return Err(Config("buffer_size and max_batch must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The subscription for a resume position (the seed's step 3).
+    pub fn subscribe_request(&self, after_cursor: Option<String>) -> SubscribeRequest {
+        SubscribeRequest {
+            kinds: self.kinds.clone(),
+            detail: Some("full".into()),
+            after_cursor,
+            scope: self.scope,
+            justification: self.justification.clone(),
+            conversation_ids: self.conversation_ids.clone(),
+            entry_channels: self.entry_channels.clone(),
+            entry_content_types: self.entry_content_types.clone(),
+            entry_roles: self.entry_roles.clone(),
+        }
+    }
+}
+
+/// An open subscription.
+#[async_trait]
+pub trait EventStream: Send {
+    /// The next notification; `Ok(None)` at a clean end of the stream.
+    async fn recv(&mut self) -> Result<Option<Event>>;
+}
+
+/// Opens subscriptions (the seed's `EventClient`).
+#[async_trait]
+pub trait EventSource: Send + Sync {
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<Box<dyn EventStream>>;
+}
+
+/// Persists one checkpoint per client id (the seed's `CheckpointClient`).
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// `Err(Error::CheckpointNotFound)` when none is stored.
+    async fn get(&self, client_id: &str) -> Result<Checkpoint>;
+    async fn put(
+        &self,
+        client_id: &str,
+        content_type: &str,
+        value: &serde_json::Value,
+    ) -> Result<Checkpoint>;
+}
+
+/// The position a stored checkpoint resumes after: its `lastEventCursor`, when it is a
+/// non-empty string in a JSON object.
+pub fn resume_cursor(value: &serde_json::Value) -> Option<String> {
+    value
+        .get("lastEventCursor")
+        .and_then(|c| c.as_str())
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+}

@@ -1,0 +1,95 @@
+//! Counters and gauges of a running loop, readable from any thread without locks on the hot path.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// Where the subscription is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StreamPhase {
+    Connecting = 0,
+    Replay = 1,
+    Live = 2,
+    Stopped = 3,
+}
+
+impl StreamPhase {
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamPhase::Connecting => "connecting",
+            StreamPhase::Replay => "replay",
+            StreamPhase::Live => "live",
+            StreamPhase::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub events_received: AtomicU64,
+    pub events_handled: AtomicU64,
+    pub events_skipped: AtomicU64,
+    pub checkpoints_written: AtomicU64,
+    pub checkpoints_failed: AtomicU64,
+    pub checkpoints_skipped: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub batches: AtomicU64,
+    /// Sum and max of per-batch handle time divided by its size, in nanoseconds.
+    pub handle_ns_total: AtomicU64,
+    pub handle_ns_max: AtomicU64,
+    phase: AtomicU8,
+    pub last_cursor: Mutex<Option<String>>,
+    pub last_checkpoint_at: Mutex<Option<SystemTime>>,
+}
+
+impl Stats {
+    pub fn set_phase(&self, p: StreamPhase) {
+        self.phase.store(p as u8, Relaxed);
+    }
+
+    pub fn phase(&self) -> StreamPhase {
+        match self.phase.load(Relaxed) {
+            1 => StreamPhase::Replay,
+            2 => StreamPhase::Live,
+            3 => StreamPhase::Stopped,
+            _ => StreamPhase::Connecting,
+        }
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+
+    pub fn record_handle(&self, events: u64, nanos: u64) {
+        if events == 0 {
+            return;
+        }
+        self.handle_ns_total.fetch_add(nanos, Relaxed);
+        self.handle_ns_max.fetch_max(nanos / events, Relaxed);
+        self.batches.fetch_add(1, Relaxed);
+    }
+
+    pub fn set_last_cursor(&self, cursor: &str) {
+        if let Ok(mut c) = self.last_cursor.lock() {
+            match c.as_mut() {
+                Some(s) => {
+                    s.clear();
+                    s.push_str(cursor);
+                }
+                None => *c = Some(cursor.to_string()),
+            }
+        }
+    }
+
+    pub fn mark_checkpoint(&self) {
+        if let Ok(mut t) = self.last_checkpoint_at.lock() {
+            *t = Some(SystemTime::now());
+        }
+        self.checkpoints_written.fetch_add(1, Relaxed);
+    }
+}
