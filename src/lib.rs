@@ -13,8 +13,10 @@ pub mod buffer;
 pub mod checkpoint_writer;
 pub mod driver;
 pub mod error;
+pub mod grpc;
 pub mod jsonvalue;
 pub mod model;
+pub mod server;
 pub mod stats;
 pub mod stream_loop;
 
