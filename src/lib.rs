@@ -25,3 +25,6 @@ pub mod proto {
     #![allow(clippy::all)]
     tonic::include_proto!("memory.v1");
 }
+
+#[cfg(feature = "python")]
+mod bridge;

@@ -1,0 +1,70 @@
+"""memory-service-processor: write a Memory Service event processor in a few lines of Python.
+
+Subclass :class:`EventProcessor` (or write any object with ``content_type`` / ``load`` /
+``handle`` / ``snapshot`` / ``flush``), then ``await Runtime(processor, Config(...),
+endpoint=...).run()``. A Rust core runs the gRPC stream, replay from the checkpointed cursor,
+reconnects, checkpoint writes and graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._clients import (
+    ConnectionOptions,
+    FileCheckpointStore,
+    GrpcCheckpointClient,
+    GrpcEventClient,
+    GrpcEventStream,
+    InMemoryCheckpointStore,
+)
+from ._config import Config, parse_duration
+from ._model import (
+    Checkpoint,
+    CheckpointClient,
+    EventClient,
+    EventEnvelope,
+    EventStream,
+    SubscribeRequest,
+)
+from ._processor import EventProcessor
+from ._runtime import Runtime
+from .errors import (
+    CheckpointNotFoundError,
+    ConfigurationError,
+    ContentTypeMismatchError,
+    MemoryServiceProcessorError,
+    ServerStatusError,
+    StaleCursorError,
+    TransientError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointClient",
+    "CheckpointNotFoundError",
+    "Config",
+    "ConfigurationError",
+    "ConnectionOptions",
+    "ContentTypeMismatchError",
+    "EventClient",
+    "EventEnvelope",
+    "EventProcessor",
+    "EventStream",
+    "FileCheckpointStore",
+    "GrpcCheckpointClient",
+    "GrpcEventClient",
+    "GrpcEventStream",
+    "InMemoryCheckpointStore",
+    "MemoryServiceProcessorError",
+    "Runtime",
+    "ServerStatusError",
+    "StaleCursorError",
+    "SubscribeRequest",
+    "TransientError",
+    "parse_duration",
+]
+
+logging.getLogger("memory_service_processor").addHandler(logging.NullHandler())

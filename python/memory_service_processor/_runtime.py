@@ -1,0 +1,266 @@
+"""`Runtime`: runs an event processor against a Memory Service, driven by the Rust core."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import threading
+from typing import Any, Dict, Optional, Union
+
+from . import _native
+from ._clients import ConnectionOptions, GrpcCheckpointClient, GrpcEventClient
+from ._config import Config, Duration
+from .errors import ConfigurationError
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger("memory_service_processor")
+
+_REQUIRED = ("content_type", "load", "handle", "snapshot")
+
+
+def _encode_snapshot(processor: Any, value: Any) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{type(processor).__name__}.snapshot() returned a value that is not JSON-serializable: {e}"
+        ) from e
+
+
+class Runtime:
+    """Runs ``processor`` with ``config`` until :meth:`stop` or cancellation.
+
+    Connect with ``endpoint`` (``host:port``, ``http://``, ``https://`` or
+    ``unix:///path.sock``) and ``api_key`` and/or ``bearer_token``, or pass your own
+    ``events`` / ``checkpoints`` clients (any objects following the client protocols; either
+    one may be given alone, the other then comes from ``endpoint``). Connection options
+    (``tls_ca_file``, ``keepalive_interval``, ``max_message_size``, ...) are those of
+    :class:`ConnectionOptions`.
+
+    Guarantees: events reach the processor one at a time in stream order; all processor
+    methods run on the event loop thread that awaits :meth:`run`; a checkpoint is never
+    written ahead of what was handled; a processor exception stops the run and propagates
+    unchanged, with nothing more written.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        config: Config,
+        *,
+        endpoint: Optional[str] = None,
+        api_key: Optional[str] = None,
+        bearer_token: Optional[str] = None,
+        events: Any = None,
+        checkpoints: Any = None,
+        tls_ca_file: Optional[str] = None,
+        tls_server_name: Optional[str] = None,
+        keepalive_interval: Duration = 20.0,
+        keepalive_timeout: Duration = 10.0,
+        connect_timeout: Duration = 10.0,
+        request_timeout: Duration = 30.0,
+        max_message_size: int = _native.DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a Config, not {type(config).__name__}")
+        missing = [m for m in _REQUIRED if not callable(getattr(processor, m, None))]
+        if missing:
+            raise TypeError(f"{type(processor).__name__} is not an event processor: missing {', '.join(missing)}()")
+        self.processor = processor
+        self.config = config
+        self._options: Optional[ConnectionOptions] = None
+        if endpoint is not None:
+            self._options = ConnectionOptions(
+                endpoint,
+                api_key=api_key,
+                bearer_token=bearer_token,
+                client_id=config.client_id,
+                tls_ca_file=tls_ca_file,
+                tls_server_name=tls_server_name,
+                keepalive_interval=keepalive_interval,
+                keepalive_timeout=keepalive_timeout,
+                connect_timeout=connect_timeout,
+                request_timeout=request_timeout,
+                max_message_size=max_message_size,
+            )
+        elif events is None or checkpoints is None:
+            raise ConfigurationError(
+                "Runtime needs an endpoint (or both events= and checkpoints= clients)"
+            )
+        self._events = events
+        self._checkpoints = checkpoints
+        self._core: Optional[_native.Core] = None
+        self._lock = threading.Lock()
+        self._stop_requested = False
+        self._running = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Runtime({type(self.processor).__name__}, client_id={self.config.client_id!r}, "
+            f"connection={self._options!r})"
+        )
+
+    def stop(self) -> None:
+        """Asks the run to finish the batch in hand, flush, write a final checkpoint and return.
+
+        Thread-safe and idempotent; may be called before :meth:`run`.
+        """
+        with self._lock:
+            self._stop_requested = True
+            core = self._core
+        if core is not None:
+            core.stop()
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters and gauges of the current (or last) run.
+
+        ``events_received`` / ``events_handled`` / ``events_skipped`` (stream signals),
+        ``checkpoints_written`` / ``checkpoints_failed`` / ``checkpoints_skipped`` (unchanged
+        snapshots), ``reconnects``, ``batches``, ``phase`` (connecting, replay, live, stopped),
+        ``last_cursor``, ``last_checkpoint_age`` (seconds), ``buffer_depth``,
+        ``handle_seconds_mean`` / ``handle_seconds_max`` (per event).
+        """
+        core = self._core
+        if core is None:
+            return {
+                "client_id": self.config.client_id,
+                "events_received": 0,
+                "events_handled": 0,
+                "events_skipped": 0,
+                "checkpoints_written": 0,
+                "checkpoints_failed": 0,
+                "checkpoints_skipped": 0,
+                "reconnects": 0,
+                "batches": 0,
+                "phase": "connecting",
+                "last_cursor": None,
+                "last_checkpoint_age": None,
+                "buffer_depth": 0,
+                "handle_seconds_mean": 0.0,
+                "handle_seconds_max": 0.0,
+            }
+        return core.stats()
+
+    def _clients(self) -> "tuple[Any, Any]":
+        events = self._events
+        checkpoints = self._checkpoints
+        if events is None:
+            assert self._options is not None
+            events = GrpcEventClient(self._options)
+        if checkpoints is None:
+            assert self._options is not None
+            checkpoints = GrpcCheckpointClient(self._options)
+        # The Rust clients are driven natively, without a detour through Python.
+        if isinstance(events, GrpcEventClient):
+            events = events._native
+        if isinstance(checkpoints, GrpcCheckpointClient):
+            checkpoints = checkpoints._native
+        return events, checkpoints
+
+    async def run(self) -> None:
+        """Runs until :meth:`stop` or cancellation, then returns normally.
+
+        Raises the processor's exception if one of its methods fails, or a
+        :class:`~memory_service_processor.MemoryServiceProcessorError` for a fatal server or
+        configuration problem (after writing a checkpoint of everything handled).
+        """
+        if self._running:
+            raise RuntimeError("this Runtime is already running")
+        self._running = True
+        try:
+            await self._run()
+        finally:
+            self._running = False
+
+    async def _run(self) -> None:
+        _native.reset_log_cache()
+        processor = self.processor
+        content_type = processor.content_type()
+        if not isinstance(content_type, str) or not content_type.strip():
+            raise ConfigurationError(
+                f"{type(processor).__name__}.content_type() must return a non-empty string, got {content_type!r}"
+            )
+        events, checkpoints = self._clients()
+        core = _native.Core(
+            events=events,
+            checkpoints=checkpoints,
+            content_type=content_type,
+            **self.config._native_kwargs(),
+        )
+        with self._lock:
+            self._core = core
+            if self._stop_requested:
+                core.stop()
+        try:
+            loaded = await core.load()
+        except asyncio.CancelledError:
+            core.abort()
+            return
+        if loaded.text is not None:
+            processor.load(json.loads(loaded.text))
+        core.start(loaded)
+        log.info("processor %s started", self.config.client_id, extra={"client_id": self.config.client_id})
+        await self._loop(core, processor)
+
+    async def _loop(self, core: "_native.Core", processor: Any) -> None:
+        handle = processor.handle
+        flush = getattr(processor, "flush", None)
+        snapshot = processor.snapshot
+        hook = getattr(processor, "on_stream_event", None)
+        async_handle = inspect.iscoroutinefunction(handle)
+        next_action = core.next_action
+        handled = core.handled
+        sleep = asyncio.sleep
+        isawaitable = inspect.isawaitable
+        A_HANDLE, A_SIGNAL, A_FLUSH, A_SNAPSHOT, A_WAIT, A_DONE = (
+            _native.A_HANDLE,
+            _native.A_SIGNAL,
+            _native.A_FLUSH,
+            _native.A_SNAPSHOT,
+            _native.A_WAIT,
+            _native.A_DONE,
+        )
+        try:
+            while True:
+                code, payload = next_action()
+                if code == A_HANDLE:
+                    if async_handle:
+                        for event in payload:
+                            await handle(event)
+                    else:
+                        for event in payload:
+                            r = handle(event)
+                            if r is not None and isawaitable(r):
+                                await r
+                    handled()
+                    # Let other tasks (signal handlers, metrics, custom clients) run.
+                    await sleep(0)
+                elif code == A_WAIT:
+                    try:
+                        await core.wait(payload)
+                    except asyncio.CancelledError:
+                        log.info("run of %s cancelled: stopping gracefully", self.config.client_id)
+                        core.stop()
+                elif code == A_SNAPSHOT:
+                    core.submit_snapshot(_encode_snapshot(processor, snapshot()))
+                elif code == A_FLUSH:
+                    if flush is not None:
+                        r = flush()
+                        if r is not None and isawaitable(r):
+                            await r
+                    core.flushed()
+                elif code == A_SIGNAL:
+                    if hook is not None:
+                        r = hook(payload)
+                        if r is not None and isawaitable(r):
+                            await r
+                elif code == A_DONE:
+                    log.info("processor %s stopped", self.config.client_id, extra={"client_id": self.config.client_id})
+                    return
+        except BaseException:
+            core.abort()
+            raise
