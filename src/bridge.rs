@@ -1015,6 +1015,59 @@ impl NativeServer {
     }
 }
 
+/// Benchmark helper: a pure-Rust client that only reads the stream (no Python per event).
+/// Subscribes after `after_cursor`, reads until `count` business events arrived, and returns
+/// the seconds that took (from subscribe to the last event). The GIL is released throughout.
+#[pyfunction]
+#[pyo3(signature = (endpoint, count, after_cursor="start".to_string(), api_key=None))]
+fn bench_raw_read(
+    py: Python<'_>,
+    endpoint: String,
+    count: u64,
+    after_cursor: String,
+    api_key: Option<String>,
+) -> PyResult<f64> {
+    let opts = ConnectOptions {
+        endpoint,
+        api_key,
+        ..ConnectOptions::default()
+    };
+    let conn = connect(&opts)?;
+    let result = py.detach(|| {
+        runtime().block_on(async move {
+            let source = GrpcEventSource::new(conn);
+            let started = Instant::now();
+            let mut stream = source
+                .subscribe(SubscribeRequest {
+                    kinds: Vec::new(),
+                    detail: Some("full".into()),
+                    after_cursor: Some(after_cursor),
+                    scope: Scope::Admin,
+                    justification: None,
+                    conversation_ids: Vec::new(),
+                    entry_channels: Vec::new(),
+                    entry_content_types: Vec::new(),
+                    entry_roles: Vec::new(),
+                })
+                .await?;
+            let mut seen = 0u64;
+            while seen < count {
+                match stream.recv().await? {
+                    Some(ev) if !ev.is_signal() => seen += 1,
+                    Some(_) => {}
+                    None => {
+                        return Err(Error::Invalid(format!(
+                            "stream ended after {seen} of {count} events"
+                        )))
+                    }
+                }
+            }
+            Ok(started.elapsed().as_secs_f64())
+        })
+    });
+    result.map_err(|e| to_py_err_in(py, e))
+}
+
 /// Refreshes the logging bridge's cache of Python logger levels.
 #[pyfunction]
 fn reset_log_cache() {
@@ -1049,6 +1102,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LoadResult>()?;
     m.add_class::<NativeServer>()?;
     m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(bench_raw_read, m)?)?;
     m.add("A_HANDLE", A_HANDLE)?;
     m.add("A_SIGNAL", A_SIGNAL)?;
     m.add("A_FLUSH", A_FLUSH)?;
