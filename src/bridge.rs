@@ -864,16 +864,35 @@ pub struct NativeServer {
 #[pymethods]
 impl NativeServer {
     #[new]
-    #[pyo3(signature = (host="127.0.0.1".to_string(), port=0, unix_path=None, api_keys=None, queue_capacity=65536, data_dir=None))]
+    #[pyo3(signature = (host="127.0.0.1", port=0, unix_path=None, api_keys=None, queue_capacity=65536, data_dir=None, tls_cert_file=None, tls_key_file=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        host: String,
+        host: &str,
         port: u16,
         unix_path: Option<PathBuf>,
         api_keys: Option<HashMap<String, String>>,
         queue_capacity: usize,
         data_dir: Option<PathBuf>,
+        tls_cert_file: Option<PathBuf>,
+        tls_key_file: Option<PathBuf>,
     ) -> PyResult<Self> {
+        let tls_identity = match (tls_cert_file, tls_key_file) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).map_err(|e| {
+                        PyValueError::new_err(format!("cannot read {}: {e}", p.display()))
+                    })
+                };
+                Some((read(&c)?, read(&k)?))
+            }
+            _ => {
+                return Err(PyValueError::new_err(
+                    "tls_cert_file and tls_key_file go together",
+                ))
+            }
+        };
         let api_keys = match api_keys {
             None => None,
             Some(m) => {
@@ -894,12 +913,13 @@ impl NativeServer {
             }
         };
         let opts = crate::server::ServerOptions {
-            host,
+            host: host.to_string(),
             port,
             unix_path,
             api_keys,
             queue_capacity,
             data_dir,
+            tls_identity,
         };
         let inner = py
             .detach(|| crate::server::LocalMemoryService::new(opts))
@@ -1019,14 +1039,15 @@ impl NativeServer {
 /// Subscribes after `after_cursor`, reads until `count` business events arrived, and returns
 /// the seconds that took (from subscribe to the last event). The GIL is released throughout.
 #[pyfunction]
-#[pyo3(signature = (endpoint, count, after_cursor="start".to_string(), api_key=None))]
+#[pyo3(signature = (endpoint, count, after_cursor="start", api_key=None))]
 fn bench_raw_read(
     py: Python<'_>,
     endpoint: String,
     count: u64,
-    after_cursor: String,
+    after_cursor: &str,
     api_key: Option<String>,
 ) -> PyResult<f64> {
+    let after_cursor = after_cursor.to_string();
     let opts = ConnectOptions {
         endpoint,
         api_key,

@@ -66,6 +66,23 @@ impl Error {
     pub fn from_status(method: &str, status: &tonic::Status) -> Error {
         let code = code_name(status.code());
         let message = status.message().to_string();
+        if is_tls_rejection(&message) {
+            // A certificate the client does not trust will not become trusted by retrying.
+            return Error::ServerStatus {
+                method: method.to_string(),
+                code: code.to_string(),
+                message: format!(
+                    "TLS handshake failed ({message}); check tls_ca_file / tls_server_name"
+                ),
+            };
+        }
+        if message.contains("message length too large") {
+            return Error::ServerStatus {
+                method: method.to_string(),
+                code: code.to_string(),
+                message: format!("{message} (raise the client's max_message_size to accept it)"),
+            };
+        }
         if is_transient_code(status.code()) {
             let message = if message.is_empty() {
                 String::from("(no message)")
@@ -81,6 +98,11 @@ impl Error {
             }
         }
     }
+}
+
+/// rustls' words for a server certificate the client refuses.
+fn is_tls_rejection(message: &str) -> bool {
+    message.contains("invalid peer certificate")
 }
 
 /// Codes that a retry with backoff may cure (wire-contract.md, "Status codes").
@@ -172,6 +194,14 @@ mod tests {
             assert!(text.contains(code_name(code)), "{text}");
             assert!(text.contains("nope"), "{text}");
         }
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_fatal() {
+        let s = tonic::Status::unavailable("invalid peer certificate: UnknownIssuer");
+        let e = Error::from_status("GetCheckpoint", &s);
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("tls_ca_file"), "{e}");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct ServerOptions {
     pub queue_capacity: usize,
     /// Persist the outbox and checkpoints here (survives a process restart).
     pub data_dir: Option<PathBuf>,
+    /// Serve TLS with this PEM certificate chain and key.
+    pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Default for ServerOptions {
@@ -60,6 +62,7 @@ impl Default for ServerOptions {
             api_keys: None,
             queue_capacity: 65_536,
             data_dir: None,
+            tls_identity: None,
         }
     }
 }
@@ -346,8 +349,19 @@ impl LocalMemoryService {
             state: self.state.clone(),
         })
         .max_decoding_message_size(64 * 1024 * 1024);
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        if let Some((cert, key)) = &self.state.opts.tls_identity {
+            let identity = tonic::transport::Identity::from_pem(cert, key);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| Error::Config(format!("TLS configuration failed: {e}")))?;
+        }
+        let scheme = if self.state.opts.tls_identity.is_some() {
+            "https://"
+        } else {
+            ""
+        };
+        let router = builder
             .add_service(events)
             .add_service(checkpoints);
         let shutdown = async move {
@@ -385,7 +399,7 @@ impl LocalMemoryService {
                     warn!("LocalMemoryService stopped with an error: {e}");
                 }
             });
-            (format!("{}:{}", local.ip(), local.port()), done)
+            (format!("{scheme}{}:{}", local.ip(), local.port()), done)
         };
         info!("LocalMemoryService listening on {endpoint}");
         *lock(&self.state.running) = Some(Running {

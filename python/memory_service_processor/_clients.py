@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import itertools
 import json
 import os
 import threading
@@ -82,6 +83,10 @@ class ConnectionOptions:
         self.connect_timeout = parse_duration(connect_timeout, "connect_timeout")
         self.request_timeout = parse_duration(request_timeout, "request_timeout")
         self.max_message_size = max_message_size
+        # Refuse a malformed endpoint (or a secret that cannot be sent as metadata) here, naming
+        # it, rather than at the first connection: the native layer parses the endpoint exactly
+        # as it will when connecting. Building a client is cheap; connecting stays lazy.
+        _native.NativeCheckpointClient(**self._native_kwargs())
 
     def _native_kwargs(self) -> Dict[str, Any]:
         return {
@@ -221,6 +226,11 @@ class FileCheckpointStore:
     def __init__(self, directory: Union[str, "os.PathLike[str]"]) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Writes of one client id are serialized, and a put never overwrites the document of a
+        # put that was called after it (the executor may run them out of order).
+        self._lock = threading.Lock()
+        self._calls = itertools.count(1)
+        self._written: Dict[str, int] = {}
 
     def path_for(self, client_id: str) -> Path:
         """The file that holds ``client_id``'s checkpoint."""
@@ -246,9 +256,19 @@ class FileCheckpointStore:
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConfigurationError(f"checkpoint file {path} is not a valid checkpoint document: {e}") from e
 
-    def _write(self, client_id: str, content_type: str, value: Any) -> Checkpoint:
+    def _write(self, client_id: str, content_type: str, value: Any, seq: int = 0) -> Checkpoint:
         path = self.path_for(client_id)
         cp = Checkpoint(client_id, content_type, _roundtrip(value), _now())
+        with self._lock:
+            if seq and self._written.get(client_id, 0) > seq:
+                return cp  # a later put already landed: this older value must not replace it
+            self._write_locked(path, cp)
+            if seq:
+                self._written[client_id] = seq
+        return cp
+
+    def _write_locked(self, path: Path, cp: Checkpoint) -> None:
+        client_id, content_type = cp.client_id, cp.content_type
         doc = {
             "client_id": client_id,
             "content_type": content_type,
@@ -257,22 +277,30 @@ class FileCheckpointStore:
         }
         data = json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         try:
             dfd = os.open(self.directory, os.O_RDONLY)
         except OSError:  # pragma: no cover - platforms without directory fds
-            return cp
+            return
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        return cp
 
     async def get(self, client_id: str) -> Checkpoint:
         """The stored checkpoint; raises :class:`CheckpointNotFoundError` if none."""
@@ -280,7 +308,11 @@ class FileCheckpointStore:
 
     async def put(self, client_id: str, content_type: str, value: Any) -> Checkpoint:
         """Writes the checkpoint atomically (fsync + rename)."""
-        return await asyncio.get_running_loop().run_in_executor(None, self._write, client_id, content_type, value)
+        self.path_for(client_id)  # validates the client id before going to a thread
+        seq = next(self._calls)  # atomic; never blocks the event loop on a writer's fsync
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self._write, client_id, content_type, value, seq
+        )
 
     def __repr__(self) -> str:
         return f"FileCheckpointStore({str(self.directory)!r})"

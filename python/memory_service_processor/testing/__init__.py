@@ -57,7 +57,8 @@ class LocalMemoryService:
     disables authentication. ``queue_capacity`` is how many live events may wait for a
     subscriber before it is evicted as a slow consumer. ``data_dir`` persists the outbox and
     checkpoints so a new process continues where the last one stopped. ``unix_path`` listens
-    on a Unix socket instead of TCP.
+    on a Unix socket instead of TCP. ``tls_cert_file`` / ``tls_key_file`` (PEM) serve TLS; the
+    endpoint is then ``https://127.0.0.1:PORT``.
 
     ``publish`` / ``publish_many`` and the fault methods are plain methods, callable from any
     thread.
@@ -72,6 +73,8 @@ class LocalMemoryService:
         unix_path: Optional[Union[str, "os.PathLike[str]"]] = None,
         queue_capacity: int = 65536,
         data_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+        tls_cert_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+        tls_key_file: Optional[Union[str, "os.PathLike[str]"]] = None,
     ) -> None:
         self._native = _native.NativeServer(
             host=host,
@@ -80,6 +83,8 @@ class LocalMemoryService:
             api_keys=dict(api_keys) if api_keys is not None else None,
             queue_capacity=queue_capacity,
             data_dir=os.fspath(data_dir) if data_dir is not None else None,
+            tls_cert_file=os.fspath(tls_cert_file) if tls_cert_file is not None else None,
+            tls_key_file=os.fspath(tls_key_file) if tls_key_file is not None else None,
         )
 
     # -- lifecycle ---------------------------------------------------------------------

@@ -1,0 +1,222 @@
+"""Shared helpers for the end-to-end tests.
+
+Every test talks to a real :class:`LocalMemoryService` (a tonic gRPC server on loopback) through
+the real runtime. No pytest-asyncio: sync tests call :func:`run` (``asyncio.run`` with an overall
+deadline). Waiting is done with :func:`wait_until` (poll a condition, fail with a message on a
+generous deadline) -- never a bare sleep used as an assertion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import threading
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, TypeVar
+
+import pytest
+
+from memory_service_processor import Config, EventEnvelope, EventProcessor, Runtime
+from memory_service_processor.testing import LocalMemoryService
+
+T = TypeVar("T")
+
+#: Generous deadline for "eventually" conditions (a loaded CI box, 2 shared cores).
+EVENTUALLY = 20.0
+
+CONTENT_TYPE = "application/vnd.test.recorder+json;v=1"
+
+
+def run(coro: Awaitable[T], timeout: float = 60.0) -> T:
+    """Runs ``coro`` on a fresh event loop, failing the test if it takes longer than ``timeout``."""
+
+    async def guarded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(guarded())
+
+
+async def wait_until(
+    predicate: Callable[[], Any], what: str = "condition", timeout: float = EVENTUALLY, interval: float = 0.005
+) -> Any:
+    """Polls ``predicate`` (sync) until it returns something truthy; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def cfg(client_id: str = "proc", **kw: Any) -> Config:
+    """A Config with fast test defaults (short reconnects, a long interval unless given)."""
+    kw.setdefault("reconnect_min", 0.02)
+    kw.setdefault("reconnect_max", 0.2)
+    kw.setdefault("checkpoint_interval", 30.0)
+    return Config(client_id=client_id, **kw)
+
+
+class Recorder(EventProcessor):
+    """A processor that records everything the runtime does to it.
+
+    ``fail_on``: a cursor whose handling raises ``self.failure``. ``delay``: seconds slept per
+    event (with ``asyncio.sleep`` when ``async_mode``; ``time.sleep`` otherwise).
+    """
+
+    CONTENT_TYPE = CONTENT_TYPE
+
+    def __init__(self, *, fail_on: Optional[str] = None, delay: float = 0.0) -> None:
+        self.handled: List[str] = []
+        self.events: List[EventEnvelope] = []
+        self.signals: List[EventEnvelope] = []
+        self.loaded: List[Any] = []
+        self.flushes = 0
+        self.snapshots = 0
+        self.threads: Dict[str, set] = {}
+        self.fail_on = fail_on
+        self.failure: Optional[BaseException] = None
+        self.delay = delay
+
+    def _thread(self, method: str) -> None:
+        self.threads.setdefault(method, set()).add(threading.get_ident())
+
+    def content_type(self) -> str:
+        self._thread("content_type")
+        return self.CONTENT_TYPE
+
+    def load(self, state: Any) -> None:
+        self._thread("load")
+        self.loaded.append(state)
+        super().load(state)
+
+    def handle(self, event: EventEnvelope) -> None:
+        self._thread("handle")
+        assert event.kind != "stream", f"stream signal reached handle: {event!r}"
+        if self.fail_on is not None and event.cursor == self.fail_on:
+            self.failure = RuntimeError(f"handler failed on cursor {event.cursor}")
+            raise self.failure
+        if self.delay:
+            time.sleep(self.delay)
+        self.events.append(event)
+        self.handled.append(event.cursor)  # type: ignore[arg-type]
+        self.last_event_cursor = event.cursor
+
+    def snapshot(self) -> Any:
+        self._thread("snapshot")
+        self.snapshots += 1
+        return {"lastEventCursor": self.last_event_cursor, "count": len(self.handled)}
+
+    def flush(self) -> None:
+        self._thread("flush")
+        self.flushes += 1
+
+    def on_stream_event(self, event: EventEnvelope) -> None:
+        self._thread("on_stream_event")
+        self.signals.append(event)
+
+    def signal_names(self) -> List[str]:
+        return [s.event for s in self.signals]
+
+
+class AsyncRecorder(Recorder):
+    """Like :class:`Recorder` with coroutine ``handle`` / ``flush`` / ``on_stream_event``."""
+
+    async def handle(self, event: EventEnvelope) -> None:  # type: ignore[override]
+        if self.delay:
+            await asyncio.sleep(self.delay)
+            saved, self.delay = self.delay, 0.0
+            try:
+                Recorder.handle(self, event)
+            finally:
+                self.delay = saved
+        else:
+            await asyncio.sleep(0)
+            Recorder.handle(self, event)
+
+    async def flush(self) -> None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        Recorder.flush(self)
+
+    async def on_stream_event(self, event: EventEnvelope) -> None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        Recorder.on_stream_event(self, event)
+
+
+@contextlib.asynccontextmanager
+async def running(runtime: Runtime) -> AsyncIterator["asyncio.Task[None]"]:
+    """Runs ``runtime`` in a task for the block; on exit stops it and awaits the end.
+
+    If the run already ended with an exception, it is raised here.
+    """
+    task = asyncio.ensure_future(runtime.run())
+    try:
+        yield task
+    finally:
+        runtime.stop()
+        await asyncio.wait_for(asyncio.shield(task), 20)
+
+
+async def wait_live(runtime: Runtime, server: LocalMemoryService, subscribers: int = 1) -> None:
+    """Waits until the runtime is in the live phase and subscribed on the server."""
+    await wait_until(
+        lambda: runtime.stats()["phase"] == "live" and server.subscriber_count >= subscribers,
+        "the live phase",
+    )
+
+
+def cursors(first: int, last: int) -> List[str]:
+    """``["first", ..., "last"]``: the decimal cursors LocalMemoryService assigns."""
+    return [str(i) for i in range(first, last + 1)]
+
+
+def publish_entries(server: LocalMemoryService, n: int, **extra: Any) -> List[str]:
+    """Publishes ``n`` small entry events; returns their cursors."""
+    return server.publish_many(
+        [("entry", "appended", dict({"conversation": "c1", "entry": f"e{i}"}, **extra)) for i in range(n)]
+    )
+
+
+def stored_cursor(server: LocalMemoryService, client_id: str = "proc") -> Optional[str]:
+    """The ``lastEventCursor`` of the stored checkpoint (None if no checkpoint)."""
+    cp = server.checkpoint(client_id)
+    return None if cp is None else cp.value.get("lastEventCursor")
+
+
+@pytest.fixture
+def server() -> Any:
+    """A started LocalMemoryService without authentication."""
+    srv = LocalMemoryService()
+    srv.start_sync()
+    try:
+        yield srv
+    finally:
+        srv.stop_sync()
+
+
+API_KEYS = {
+    "admin-key-SEKRIT-1a2b": "admin",
+    "user-key-SEKRIT-3c4d": "user",
+    "bearer-tok-SEKRIT-5e6f": "admin",
+}
+ADMIN_KEY = "admin-key-SEKRIT-1a2b"
+USER_KEY = "user-key-SEKRIT-3c4d"
+BEARER = "bearer-tok-SEKRIT-5e6f"
+
+
+@pytest.fixture
+def auth_server() -> Any:
+    """A started LocalMemoryService with API keys (see ``API_KEYS``)."""
+    srv = LocalMemoryService(api_keys=API_KEYS)
+    srv.start_sync()
+    try:
+        yield srv
+    finally:
+        srv.stop_sync()
+
+
+def is_coroutine_function(f: Any) -> bool:
+    """``inspect.iscoroutinefunction`` (kept here so tests read plainly)."""
+    return inspect.iscoroutinefunction(f)
