@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/memory/v1/events.proto", "proto/memory/v1/checkpoints.proto"];
+    let protos = [
+        "proto/memory/v1/events.proto",
+        "proto/memory/v1/checkpoints.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -43,7 +43,11 @@ impl Backoff {
     /// The next delay: `min`, then doubling, capped at `max` (jitter never exceeds `max`).
     pub fn next_delay(&mut self) -> Duration {
         self.attempts += 1;
-        self.inner.next().unwrap_or(self.max).min(self.max).max(self.min)
+        self.inner
+            .next()
+            .unwrap_or(self.max)
+            .min(self.max)
+            .max(self.min)
     }
 
     /// How many delays were handed out since the last reset.
@@ -64,7 +68,11 @@ mod tests {
 
     #[test]
     fn doubles_up_to_max_and_resets() {
-        let mut b = Backoff::with_jitter(Duration::from_millis(100), Duration::from_millis(500), false);
+        let mut b = Backoff::with_jitter(
+            Duration::from_millis(100),
+            Duration::from_millis(500),
+            false,
+        );
         let d: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
         assert_eq!(d, vec![100, 200, 400, 500, 500]);
         b.reset();

@@ -43,7 +43,8 @@ static UTC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 fn errors_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     ERRORS
         .get_or_try_init(py, || {
-            py.import("memory_service_processor.errors").map(Bound::unbind)
+            py.import("memory_service_processor.errors")
+                .map(Bound::unbind)
         })
         .map(|m| m.bind(py))
 }
@@ -107,9 +108,12 @@ pub fn to_py_err_in(py: Python<'_>, e: Error) -> PyErr {
             ],
         ),
         Error::Transient(_) => make_error(py, "TransientError", message, &[]),
-        Error::CheckpointNotFound(id) => {
-            make_error(py, "CheckpointNotFoundError", message, &[("client_id", s(py, &id))])
-        }
+        Error::CheckpointNotFound(id) => make_error(
+            py,
+            "CheckpointNotFoundError",
+            message,
+            &[("client_id", s(py, &id))],
+        ),
         Error::Config(_) => make_error(py, "ConfigurationError", message, &[]),
         Error::Invalid(_) => PyValueError::new_err(message),
         Error::External { payload, .. } => match payload.downcast_ref::<foreign::PyErrBox>() {
@@ -130,7 +134,9 @@ fn secs(d: f64, name: &str) -> PyResult<Duration> {
 }
 
 fn to_unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -455,8 +461,9 @@ impl NativeCheckpointClient {
         content_type: String,
         value_json: String,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let value: serde_json::Value = serde_json::from_str(&value_json)
-            .map_err(|e| PyValueError::new_err(format!("checkpoint value is not valid JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(&value_json).map_err(|e| {
+            PyValueError::new_err(format!("checkpoint value is not valid JSON: {e}"))
+        })?;
         let store = self.inner.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let cp = store
@@ -674,7 +681,12 @@ impl Core {
         stop_timeout: f64,
     ) -> PyResult<Self> {
         let scope = Scope::parse(&scope).ok_or_else(|| {
-            to_py_err_in(py, Error::Config(format!("scope must be \"admin\" or \"user\", got {scope:?}")))
+            to_py_err_in(
+                py,
+                Error::Config(format!(
+                    "scope must be \"admin\" or \"user\", got {scope:?}"
+                )),
+            )
         })?;
         let stale = StalePolicy::parse(&stale_cursor).ok_or_else(|| {
             to_py_err_in(
@@ -705,8 +717,14 @@ impl Core {
         };
         let events = source_from(py, events)?;
         let checkpoints = store_from(py, checkpoints)?;
-        let driver = Driver::new(cfg, events, checkpoints, content_type, runtime().handle().clone())
-            .map_err(|e| to_py_err_in(py, e))?;
+        let driver = Driver::new(
+            cfg,
+            events,
+            checkpoints,
+            content_type,
+            runtime().handle().clone(),
+        )
+        .map_err(|e| to_py_err_in(py, e))?;
         Ok(Core {
             stop: driver.stop_handle(),
             wake: driver.waker(),
@@ -830,9 +848,16 @@ impl Core {
         let total_ns = Stats::get(&st.handle_ns_total);
         d.set_item(
             "handle_seconds_mean",
-            if handled > 0 { total_ns as f64 / handled as f64 / 1e9 } else { 0.0 },
+            if handled > 0 {
+                total_ns as f64 / handled as f64 / 1e9
+            } else {
+                0.0
+            },
         )?;
-        d.set_item("handle_seconds_max", Stats::get(&st.handle_ns_max) as f64 / 1e9)?;
+        d.set_item(
+            "handle_seconds_max",
+            Stats::get(&st.handle_ns_max) as f64 / 1e9,
+        )?;
         let _ = batches;
         Ok(d)
     }
@@ -975,7 +1000,14 @@ impl NativeServer {
         py.detach(|| self.inner.drop_streams(&message))
     }
 
-    fn fail(&self, py: Python<'_>, rpc: String, code: String, count: usize, message: String) -> PyResult<()> {
+    fn fail(
+        &self,
+        py: Python<'_>,
+        rpc: String,
+        code: String,
+        count: usize,
+        message: String,
+    ) -> PyResult<()> {
         py.detach(|| self.inner.fail(&rpc, &code, count, &message))
             .map_err(|e| to_py_err_in(py, e))
     }
@@ -997,7 +1029,12 @@ impl NativeServer {
     fn requests(
         &self,
         py: Python<'_>,
-    ) -> Vec<(String, HashMap<String, String>, Option<String>, Option<String>)> {
+    ) -> Vec<(
+        String,
+        HashMap<String, String>,
+        Option<String>,
+        Option<String>,
+    )> {
         py.detach(|| self.inner.requests())
             .into_iter()
             .map(|r| {
@@ -1024,8 +1061,9 @@ impl NativeServer {
         content_type: String,
         value_json: String,
     ) -> PyResult<()> {
-        let v: serde_json::Value = serde_json::from_str(&value_json)
-            .map_err(|e| PyValueError::new_err(format!("checkpoint value is not valid JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&value_json).map_err(|e| {
+            PyValueError::new_err(format!("checkpoint value is not valid JSON: {e}"))
+        })?;
         py.detach(|| self.inner.put_checkpoint(&client_id, &content_type, v));
         Ok(())
     }
@@ -1130,6 +1168,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("A_SNAPSHOT", A_SNAPSHOT)?;
     m.add("A_WAIT", A_WAIT)?;
     m.add("A_DONE", A_DONE)?;
-    m.add("DEFAULT_MAX_MESSAGE_SIZE", crate::grpc::DEFAULT_MAX_MESSAGE_SIZE)?;
+    m.add(
+        "DEFAULT_MAX_MESSAGE_SIZE",
+        crate::grpc::DEFAULT_MAX_MESSAGE_SIZE,
+    )?;
     Ok(())
 }

@@ -269,7 +269,10 @@ impl Driver {
                     return self.finish(Err(e));
                 }
                 if self.stop.is_cancelled() {
-                    info!("stopping client_id={}: final flush and checkpoint", self.cfg.client_id);
+                    info!(
+                        "stopping client_id={}: final flush and checkpoint",
+                        self.cfg.client_id
+                    );
                     self.begin_stop(now);
                     return self.next_action(now);
                 }

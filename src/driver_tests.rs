@@ -23,7 +23,12 @@ fn ev(kind: &str, event: &str, cursor: Option<&str>, data: &str) -> Event {
 }
 
 fn entry(cursor: u64) -> Event {
-    ev("entry", "appended", Some(&cursor.to_string()), r#"{"entry":"e"}"#)
+    ev(
+        "entry",
+        "appended",
+        Some(&cursor.to_string()),
+        r#"{"entry":"e"}"#,
+    )
 }
 
 fn phase(p: &str) -> Event {
@@ -34,7 +39,10 @@ fn phase(p: &str) -> Event {
 /// `end` decides: a clean end of stream, or waiting forever (a quiet live tail).
 enum Script {
     Fail(Error),
-    Stream { items: Vec<Result<Event>>, end: bool },
+    Stream {
+        items: Vec<Result<Event>>,
+        end: bool,
+    },
 }
 
 #[derive(Default)]
@@ -51,7 +59,12 @@ impl FakeSource {
         })
     }
     fn requests(&self) -> Vec<SubscribeRequest> {
-        self.requests.lock().unwrap().iter().map(|r| r.1.clone()).collect()
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.1.clone())
+            .collect()
     }
     fn times(&self) -> Vec<Instant> {
         self.requests.lock().unwrap().iter().map(|r| r.0).collect()
@@ -78,7 +91,10 @@ impl EventStream for FakeStream {
 #[async_trait]
 impl EventSource for FakeSource {
     async fn subscribe(&self, request: SubscribeRequest) -> Result<Box<dyn EventStream>> {
-        self.requests.lock().unwrap().push((Instant::now(), request));
+        self.requests
+            .lock()
+            .unwrap()
+            .push((Instant::now(), request));
         let script = self.scripts.lock().unwrap().pop_front();
         match script {
             Some(Script::Fail(e)) => Err(e),
@@ -134,7 +150,10 @@ impl CheckpointStore for FakeStore {
             value: value.clone(),
             updated_at: Some(SystemTime::now()),
         };
-        self.stored.lock().unwrap().insert(client_id.into(), cp.clone());
+        self.stored
+            .lock()
+            .unwrap()
+            .insert(client_id.into(), cp.clone());
         Ok(cp)
     }
 }
@@ -227,7 +246,8 @@ async fn run(
                     proc.count += 1;
                     proc.shared_count.store(proc.count, Ordering::SeqCst);
                     proc.last = e.cursor.clone();
-                    proc.handled_cursors.push(e.cursor.clone().unwrap_or_default());
+                    proc.handled_cursors
+                        .push(e.cursor.clone().unwrap_or_default());
                 }
                 d.handled();
                 if proc.stop_at.is_some_and(|n| proc.count >= n) {
@@ -266,7 +286,9 @@ async fn first_run_subscribes_from_after_cursor_with_the_configured_request() {
     cfg.entry_roles = vec!["USER".into()];
     cfg.scope = Scope::User;
     cfg.justification = Some("audit".into());
-    run(cfg, source.clone(), store.clone(), &mut p).await.unwrap();
+    run(cfg, source.clone(), store.clone(), &mut p)
+        .await
+        .unwrap();
     let reqs = source.requests();
     assert_eq!(reqs.len(), 1);
     let r = &reqs[0];
@@ -281,7 +303,10 @@ async fn first_run_subscribes_from_after_cursor_with_the_configured_request() {
     // stream signals never reach handle, but reach the hook
     assert!(!p.signals.is_empty());
     assert!(p.signals.iter().all(|s| s.kind == "stream"));
-    assert_eq!(store.puts().last().unwrap(), &json!({"count": 3, "lastEventCursor": "3"}));
+    assert_eq!(
+        store.puts().last().unwrap(),
+        &json!({"count": 3, "lastEventCursor": "3"})
+    );
     assert_eq!(store.ahead.load(Ordering::SeqCst), 0);
 }
 
@@ -299,10 +324,15 @@ async fn resumes_after_the_checkpoint_cursor() {
         },
     );
     let mut p = Proc::new(Some(8));
-    run(config(), source.clone(), store.clone(), &mut p).await.unwrap();
+    run(config(), source.clone(), store.clone(), &mut p)
+        .await
+        .unwrap();
     assert_eq!(source.requests()[0].after_cursor.as_deref(), Some("5"));
     assert_eq!(p.count, 8);
-    assert_eq!(store.puts().last().unwrap(), &json!({"count": 8, "lastEventCursor": "8"}));
+    assert_eq!(
+        store.puts().last().unwrap(),
+        &json!({"count": 8, "lastEventCursor": "8"})
+    );
 }
 
 #[tokio::test]
@@ -319,7 +349,9 @@ async fn content_type_mismatch_fails_before_subscribing() {
         },
     );
     let mut p = Proc::new(None);
-    let err = run(config(), source.clone(), store, &mut p).await.unwrap_err();
+    let err = run(config(), source.clone(), store, &mut p)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::ContentTypeMismatch { .. }), "{err}");
     assert!(err.to_string().contains("application/other"));
     assert!(source.requests().is_empty());
@@ -387,7 +419,9 @@ async fn fatal_status_fails_fast_without_retry() {
     let store = Arc::new(FakeStore::default());
     let mut p = Proc::new(None);
     let started = Instant::now();
-    let err = run(config(), source.clone(), store, &mut p).await.unwrap_err();
+    let err = run(config(), source.clone(), store, &mut p)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("PERMISSION_DENIED"), "{err}");
     assert!(err.to_string().contains("admin role required"), "{err}");
     assert_eq!(source.requests().len(), 1);
@@ -395,12 +429,20 @@ async fn fatal_status_fails_fast_without_retry() {
 }
 
 fn invalidate(reason: &str) -> Event {
-    ev("stream", "invalidate", None, &format!(r#"{{"reason":"{reason}"}}"#))
+    ev(
+        "stream",
+        "invalidate",
+        None,
+        &format!(r#"{{"reason":"{reason}"}}"#),
+    )
 }
 
 fn stale_script() -> Script {
     Script::Stream {
-        items: vec![Ok(phase("replay")), Ok(invalidate("cursor beyond retention window"))],
+        items: vec![
+            Ok(phase("replay")),
+            Ok(invalidate("cursor beyond retention window")),
+        ],
         end: true,
     }
 }
@@ -438,12 +480,17 @@ async fn stale_cursor_fails_by_default_and_never_loops() {
 
 #[tokio::test]
 async fn stale_cursor_restart_and_tail_policies() {
-    for (policy, want) in [(StalePolicy::Restart, Some("start")), (StalePolicy::Tail, None)] {
+    for (policy, want) in [
+        (StalePolicy::Restart, Some("start")),
+        (StalePolicy::Tail, None),
+    ] {
         let source = FakeSource::new(vec![stale_script(), replay(10..=11, false)]);
         let mut cfg = config();
         cfg.stale_cursor = policy;
         let mut p = Proc::new(Some(2));
-        run(cfg, source.clone(), with_checkpoint("3"), &mut p).await.unwrap();
+        run(cfg, source.clone(), with_checkpoint("3"), &mut p)
+            .await
+            .unwrap();
         let reqs = source.requests();
         assert_eq!(reqs.len(), 2);
         assert_eq!(reqs[1].after_cursor.as_deref(), want);
@@ -453,7 +500,12 @@ async fn stale_cursor_restart_and_tail_policies() {
 
 #[tokio::test]
 async fn eviction_resumes_immediately_after_the_last_event() {
-    let evicted = ev("stream", "evicted", Some("2"), r#"{"reason":"slow consumer"}"#);
+    let evicted = ev(
+        "stream",
+        "evicted",
+        Some("2"),
+        r#"{"reason":"slow consumer"}"#,
+    );
     let source = FakeSource::new(vec![
         Script::Stream {
             items: vec![Ok(phase("replay")), Ok(entry(1)), Ok(entry(2)), Ok(evicted)],
@@ -470,7 +522,10 @@ async fn eviction_resumes_immediately_after_the_last_event() {
     let reqs = source.requests();
     assert_eq!(reqs[1].after_cursor.as_deref(), Some("2"));
     let t = source.times();
-    assert!(t[1] - t[0] < Duration::from_secs(1), "eviction must not wait the backoff");
+    assert!(
+        t[1] - t[0] < Duration::from_secs(1),
+        "eviction must not wait the backoff"
+    );
     assert_eq!(p.handled_cursors, vec!["1", "2", "3"]);
 }
 
@@ -490,9 +545,14 @@ async fn mid_stream_invalidate_resubscribes_from_the_last_cursor() {
         replay(3..=3, false),
     ]);
     let mut p = Proc::new(Some(3));
-    run(config(), source.clone(), Arc::new(FakeStore::default()), &mut p)
-        .await
-        .unwrap();
+    run(
+        config(),
+        source.clone(),
+        Arc::new(FakeStore::default()),
+        &mut p,
+    )
+    .await
+    .unwrap();
     let reqs = source.requests();
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[1].after_cursor.as_deref(), Some("2"));
@@ -507,7 +567,10 @@ async fn writes_coalesce_never_run_ahead_and_the_last_state_is_written() {
     run(config(), source, store.clone(), &mut p).await.unwrap();
     let puts = store.puts();
     assert_eq!(store.ahead.load(Ordering::SeqCst), 0);
-    assert_eq!(puts.last().unwrap(), &json!({"count": 5000, "lastEventCursor": "5000"}));
+    assert_eq!(
+        puts.last().unwrap(),
+        &json!({"count": 5000, "lastEventCursor": "5000"})
+    );
     // counts only ever grow
     let counts: Vec<u64> = puts.iter().map(|v| v["count"].as_u64().unwrap()).collect();
     assert!(counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
@@ -546,11 +609,15 @@ async fn transient_write_failures_are_retried_and_handling_goes_on() {
 async fn a_fatal_write_error_stops_the_run() {
     let source = FakeSource::new(vec![replay(1..=50, false)]);
     let store = Arc::new(FakeStore::default());
-    store.put_failures.lock().unwrap().push_back(Error::ServerStatus {
-        method: "PutCheckpoint".into(),
-        code: "PERMISSION_DENIED".into(),
-        message: "admin role required".into(),
-    });
+    store
+        .put_failures
+        .lock()
+        .unwrap()
+        .push_back(Error::ServerStatus {
+            method: "PutCheckpoint".into(),
+            code: "PERMISSION_DENIED".into(),
+            message: "admin role required".into(),
+        });
     let mut p = Proc::new(None);
     let err = run(config(), source, store, &mut p).await.unwrap_err();
     assert!(err.to_string().contains("PERMISSION_DENIED"));
@@ -562,7 +629,9 @@ async fn a_failed_handle_writes_nothing_more() {
     let store = Arc::new(FakeStore::default());
     let mut p = Proc::new(None);
     p.fail_at = Some(60);
-    let err = run(config(), source, store.clone(), &mut p).await.unwrap_err();
+    let err = run(config(), source, store.clone(), &mut p)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("processor failed"));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let max = store

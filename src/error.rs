@@ -110,7 +110,13 @@ pub fn is_transient_code(code: tonic::Code) -> bool {
     use tonic::Code::*;
     matches!(
         code,
-        Unavailable | ResourceExhausted | Internal | Unknown | DeadlineExceeded | Aborted | Cancelled
+        Unavailable
+            | ResourceExhausted
+            | Internal
+            | Unknown
+            | DeadlineExceeded
+            | Aborted
+            | Cancelled
     )
 }
 
@@ -206,8 +212,14 @@ mod tests {
 
     #[test]
     fn code_names_round_trip() {
-        assert_eq!(code_from_name("unavailable"), Some(tonic::Code::Unavailable));
-        assert_eq!(code_from_name("PERMISSION_DENIED"), Some(tonic::Code::PermissionDenied));
+        assert_eq!(
+            code_from_name("unavailable"),
+            Some(tonic::Code::Unavailable)
+        );
+        assert_eq!(
+            code_from_name("PERMISSION_DENIED"),
+            Some(tonic::Code::PermissionDenied)
+        );
         assert_eq!(code_from_name("bogus"), None);
     }
 }

@@ -65,7 +65,10 @@ impl fmt::Debug for ConnectOptions {
         f.debug_struct("ConnectOptions")
             .field("endpoint", &self.endpoint)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("client_id", &self.client_id)
             .field("tls_ca_file", &self.tls_ca_file)
             .finish_non_exhaustive()
@@ -403,7 +406,15 @@ mod tests {
             parse_endpoint("unix:///tmp/ms.sock").unwrap(),
             Target::Unix("/tmp/ms.sock".into())
         );
-        for bad in ["", "localhost", "ftp://x:1", "unix://rel.sock", "http://", "a b:1", "host:port"] {
+        for bad in [
+            "",
+            "localhost",
+            "ftp://x:1",
+            "unix://rel.sock",
+            "http://",
+            "a b:1",
+            "host:port",
+        ] {
             let err = parse_endpoint(bad).unwrap_err().to_string();
             assert!(err.contains("invalid endpoint"), "{bad}: {err}");
         }

@@ -91,6 +91,9 @@ mod tests {
 
     #[test]
     fn unset_kind_reads_as_null() {
-        assert_eq!(value_to_json(&Value { kind: None }), serde_json::Value::Null);
+        assert_eq!(
+            value_to_json(&Value { kind: None }),
+            serde_json::Value::Null
+        );
     }
 }

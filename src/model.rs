@@ -28,9 +28,7 @@ impl Event {
     /// The `reason` field of a signal's JSON payload, if any.
     pub fn reason(&self) -> Option<String> {
         let v: serde_json::Value = serde_json::from_slice(&self.data).ok()?;
-        v.get("reason")
-            .and_then(|r| r.as_str())
-            .map(str::to_string)
+        v.get("reason").and_then(|r| r.as_str()).map(str::to_string)
     }
 
     /// The `phase` field of a `phase` signal's payload, if any.
@@ -176,7 +174,9 @@ impl LoopConfig {
             ));
         }
         if self.buffer_size == 0 || self.max_batch == 0 {
-            return Err(Config("buffer_size and max_batch must be at least 1".into()));
+            return Err(Config(
+                "buffer_size and max_batch must be at least 1".into(),
+            ));
         }
         Ok(())
     }

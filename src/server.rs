@@ -200,7 +200,11 @@ impl Filter {
     }
 }
 
-fn signal(event: &str, data: serde_json::Value, cursor: Option<String>) -> proto::EventNotification {
+fn signal(
+    event: &str,
+    data: serde_json::Value,
+    cursor: Option<String>,
+) -> proto::EventNotification {
     proto::EventNotification {
         event: event.into(),
         kind: "stream".into(),
@@ -361,20 +365,24 @@ impl LocalMemoryService {
         } else {
             ""
         };
-        let router = builder
-            .add_service(events)
-            .add_service(checkpoints);
+        let router = builder.add_service(events).add_service(checkpoints);
         let shutdown = async move {
             let _ = rx.await;
         };
         let (endpoint, done) = if let Some(path) = &self.state.opts.unix_path {
             let _ = std::fs::remove_file(path);
             let listener = tokio::net::UnixListener::bind(path).map_err(|e| {
-                Error::Config(format!("cannot listen on unix socket {}: {e}", path.display()))
+                Error::Config(format!(
+                    "cannot listen on unix socket {}: {e}",
+                    path.display()
+                ))
             })?;
             let incoming = UnixListenerStream::new(listener);
             let done = tokio::spawn(async move {
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                {
                     warn!("LocalMemoryService stopped with an error: {e}");
                 }
             });
@@ -395,7 +403,10 @@ impl LocalMemoryService {
                 .store(u64::from(local.port()), Ordering::SeqCst);
             let incoming = TcpListenerStream::new(listener);
             let done = tokio::spawn(async move {
-                if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                {
                     warn!("LocalMemoryService stopped with an error: {e}");
                 }
             });
@@ -429,7 +440,9 @@ impl LocalMemoryService {
     }
 
     pub fn endpoint(&self) -> Option<String> {
-        lock(&self.state.running).as_ref().map(|r| r.endpoint.clone())
+        lock(&self.state.running)
+            .as_ref()
+            .map(|r| r.endpoint.clone())
     }
 
     pub fn port(&self) -> u16 {
@@ -510,7 +523,9 @@ impl LocalMemoryService {
     pub fn drop_streams(&self, message: &str) {
         let mut ob = lock(&self.state.outbox);
         for s in ob.subscribers.drain(..) {
-            let _ = s.ctl.send(Ctl::Abort(Status::unavailable(message.to_string())));
+            let _ = s
+                .ctl
+                .send(Ctl::Abort(Status::unavailable(message.to_string())));
         }
     }
 
@@ -519,8 +534,8 @@ impl LocalMemoryService {
     pub fn fail(&self, rpc: &str, code: &str, count: usize, message: &str) -> Result<()> {
         let code = code_from_name(code)
             .ok_or_else(|| Error::Config(format!("unknown gRPC status code {code:?}")))?;
-        let rpc = canonical_rpc(rpc)
-            .ok_or_else(|| Error::Config(format!("unknown rpc {rpc:?}")))?;
+        let rpc =
+            canonical_rpc(rpc).ok_or_else(|| Error::Config(format!("unknown rpc {rpc:?}")))?;
         let mut f = lock(&self.state.faults);
         let q = f.entry(rpc.to_string()).or_default();
         for _ in 0..count {
@@ -587,7 +602,8 @@ fn canonical_rpc(rpc: &str) -> Option<&'static str> {
 }
 
 fn make_event(cursor: u64, kind: &str, event: &str, data: Bytes) -> StoredEvent {
-    let parsed: serde_json::Value = serde_json::from_slice(&data).unwrap_or(serde_json::Value::Null);
+    let parsed: serde_json::Value =
+        serde_json::from_slice(&data).unwrap_or(serde_json::Value::Null);
     StoredEvent {
         cursor,
         conversation: json_str(&parsed, "conversation"),
@@ -609,7 +625,13 @@ struct Svc {
 }
 
 impl Svc {
-    fn record<T>(&self, method: &str, req: &Request<T>, after: Option<String>, client: Option<String>) {
+    fn record<T>(
+        &self,
+        method: &str,
+        req: &Request<T>,
+        after: Option<String>,
+        client: Option<String>,
+    ) {
         let md = req.metadata();
         let metadata = ["authorization", "x-api-key", "x-client-id"]
             .iter()
@@ -632,7 +654,10 @@ impl Svc {
     }
 
     fn fault(&self, rpc: &str) -> Result<(), Status> {
-        match lock(&self.state.faults).get_mut(rpc).and_then(|q| q.pop_front()) {
+        match lock(&self.state.faults)
+            .get_mut(rpc)
+            .and_then(|q| q.pop_front())
+        {
             Some(status) => Err(status),
             None => Ok(()),
         }
@@ -643,11 +668,14 @@ impl Svc {
             return Ok(Role::Admin);
         };
         let md = req.metadata();
-        let key = md.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| {
-            md.get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        });
+        let key = md
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                md.get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+            });
         match key {
             None => Err(Status::unauthenticated("missing credentials")),
             Some(k) => keys
@@ -660,12 +688,15 @@ impl Svc {
     fn require_admin<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
         match self.authenticate(req)? {
             Role::Admin => Ok(()),
-            Role::User => Err(Status::permission_denied(format!("{what} requires the admin role"))),
+            Role::User => Err(Status::permission_denied(format!(
+                "{what} requires the admin role"
+            ))),
         }
     }
 }
 
-type EventOut = Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::EventNotification, Status>> + Send>>;
+type EventOut =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::EventNotification, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl EventStreamService for Svc {
@@ -694,7 +725,9 @@ impl EventStreamService for Svc {
         }
         let admin_scope = req.scope == Some(proto::EventScope::Admin as i32);
         if admin_scope && role != Role::Admin {
-            return Err(Status::permission_denied("admin scope requires the admin role"));
+            return Err(Status::permission_denied(
+                "admin scope requires the admin role",
+            ));
         }
         let filter = Arc::new(Filter::from_request(&req));
         let (out_tx, out_rx) = mpsc::channel::<Result<proto::EventNotification, Status>>(512);
@@ -730,8 +763,18 @@ impl EventStreamService for Svc {
         let state = self.state.clone();
         let with_cursor = req.after_cursor.is_some();
         tokio::spawn(async move {
-            stream_task(state, filter, with_cursor, stale, replay_from, replay_to, live_rx, ctl_rx, out_tx)
-                .await;
+            stream_task(
+                state,
+                filter,
+                with_cursor,
+                stale,
+                replay_from,
+                replay_to,
+                live_rx,
+                ctl_rx,
+                out_tx,
+            )
+            .await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
@@ -752,9 +795,13 @@ async fn stream_task(
     let send = |n: proto::EventNotification| out.send(Ok(n));
     let mut last_cursor: Option<String> = None;
     if with_cursor {
-        if send(signal("phase", serde_json::json!({"phase": "replay"}), None))
-            .await
-            .is_err()
+        if send(signal(
+            "phase",
+            serde_json::json!({"phase": "replay"}),
+            None,
+        ))
+        .await
+        .is_err()
         {
             return;
         }
@@ -878,7 +925,12 @@ impl AdminCheckpointService for Svc {
         &self,
         request: Request<proto::GetCheckpointRequest>,
     ) -> Result<Response<proto::AdminCheckpoint>, Status> {
-        self.record("GetCheckpoint", &request, None, Some(request.get_ref().client_id.clone()));
+        self.record(
+            "GetCheckpoint",
+            &request,
+            None,
+            Some(request.get_ref().client_id.clone()),
+        );
         self.fault("GetCheckpoint")?;
         self.require_admin(&request, "checkpoints")?;
         let id = request.into_inner().client_id;
@@ -901,7 +953,12 @@ impl AdminCheckpointService for Svc {
         &self,
         request: Request<proto::PutCheckpointRequest>,
     ) -> Result<Response<proto::AdminCheckpoint>, Status> {
-        self.record("PutCheckpoint", &request, None, Some(request.get_ref().client_id.clone()));
+        self.record(
+            "PutCheckpoint",
+            &request,
+            None,
+            Some(request.get_ref().client_id.clone()),
+        );
         self.fault("PutCheckpoint")?;
         self.require_admin(&request, "checkpoints")?;
         let req = request.into_inner();
@@ -936,4 +993,3 @@ impl AdminCheckpointService for Svc {
         }))
     }
 }
-

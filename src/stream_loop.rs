@@ -73,7 +73,16 @@ async fn run_inner(
         };
         let end = match subscribed {
             Ok(mut stream) => {
-                consume(&mut *stream, cfg, &mut cursor, buffer, stats, cancel, &mut backoff).await?
+                consume(
+                    &mut *stream,
+                    cfg,
+                    &mut cursor,
+                    buffer,
+                    stats,
+                    cancel,
+                    &mut backoff,
+                )
+                .await?
             }
             Err(e) if e.is_transient() => {
                 warn!("subscribe failed (attempt {}): {e}", backoff.attempts() + 1);

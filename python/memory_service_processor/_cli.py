@@ -186,7 +186,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and exit with code 2."""
 
     def error(self, message: str) -> NoReturn:  # noqa: D401 - argparse API
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _add_options(p: argparse.ArgumentParser, groups: Sequence[str], only: Optional[Sequence[str]] = None) -> None:
@@ -746,10 +746,28 @@ def _report_traceback(e: BaseException) -> None:
         getattr(h, "_msp_installed", False) and isinstance(h.formatter, JsonFormatter)
         for h in logging.getLogger().handlers
     )
+    text = _user_traceback(e)
     if json_logging:
-        log.error("run failed: %s: %s", type(e).__name__, e, exc_info=e)
+        log.error("run failed: %s: %s", type(e).__name__, e, extra={"exception": text})
     else:
-        traceback.print_exception(type(e), e, e.__traceback__)
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+
+def _user_traceback(e: BaseException) -> str:
+    """The traceback of ``e`` without the frames of this package and of asyncio: what is left
+    is the user's code (all frames if nothing is left)."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    asyncio_dir = os.path.dirname(os.path.abspath(asyncio.__file__))
+    frames = traceback.extract_tb(e.__traceback__)
+    mine = [
+        f for f in frames
+        if not os.path.abspath(f.filename).startswith((package_dir + os.sep, asyncio_dir + os.sep))
+    ]
+    lines = ["Traceback (most recent call last):\n"]
+    lines.extend(traceback.format_list(mine or frames))
+    lines.extend(traceback.format_exception_only(type(e), e))
+    return "".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -52,6 +52,13 @@ def parse_duration(value: Union[Duration, str], name: str = "duration") -> float
     return seconds
 
 
+def _secs(value: Duration) -> float:
+    """Seconds of a duration field (already normalized to a float by ``Config``)."""
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
 def _strings(value: Any, name: str) -> Tuple[str, ...]:
     if value is None:
         return ()
@@ -134,10 +141,9 @@ class Config:
                 set_(name, None)
         for name in ("checkpoint_interval", "reconnect_min", "reconnect_max", "stop_timeout"):
             set_(name, parse_duration(getattr(self, name), name))
-        if self.reconnect_max < self.reconnect_min:
-            raise ConfigurationError(
-                f"reconnect_max ({self.reconnect_max}s) must be at least reconnect_min ({self.reconnect_min}s)"
-            )
+        rmin, rmax = _secs(self.reconnect_min), _secs(self.reconnect_max)
+        if rmax < rmin:
+            raise ConfigurationError(f"reconnect_max ({rmax}s) must be at least reconnect_min ({rmin}s)")
         for name in ("checkpoint_every", "buffer_size", "max_batch"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
@@ -169,12 +175,12 @@ class Config:
             "scope": self.scope,
             "after_cursor": self.after_cursor,
             "justification": self.justification,
-            "checkpoint_interval": float(self.checkpoint_interval),
+            "checkpoint_interval": _secs(self.checkpoint_interval),
             "checkpoint_every": self.checkpoint_every,
-            "reconnect_min": float(self.reconnect_min),
-            "reconnect_max": float(self.reconnect_max),
+            "reconnect_min": _secs(self.reconnect_min),
+            "reconnect_max": _secs(self.reconnect_max),
             "stale_cursor": self.stale_cursor,
             "buffer_size": self.buffer_size,
             "max_batch": self.max_batch,
-            "stop_timeout": float(self.stop_timeout),
+            "stop_timeout": _secs(self.stop_timeout),
         }

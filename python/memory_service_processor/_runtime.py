@@ -206,6 +206,11 @@ class Runtime:
         log.info("processor %s started", self.config.client_id, extra={"client_id": self.config.client_id})
         await self._loop(core, processor)
 
+    def _cancelled(self, core: "_native.Core") -> None:
+        """Cancellation between events is a graceful stop: flush, final checkpoint, return."""
+        log.info("run of %s cancelled: stopping gracefully", self.config.client_id)
+        core.stop()
+
     async def _loop(self, core: "_native.Core", processor: Any) -> None:
         handle = processor.handle
         flush = getattr(processor, "flush", None)
@@ -238,13 +243,15 @@ class Runtime:
                                 await r
                     handled()
                     # Let other tasks (signal handlers, metrics, custom clients) run.
-                    await sleep(0)
+                    try:
+                        await sleep(0)
+                    except asyncio.CancelledError:
+                        self._cancelled(core)
                 elif code == A_WAIT:
                     try:
                         await core.wait(payload)
                     except asyncio.CancelledError:
-                        log.info("run of %s cancelled: stopping gracefully", self.config.client_id)
-                        core.stop()
+                        self._cancelled(core)
                 elif code == A_SNAPSHOT:
                     core.submit_snapshot(_encode_snapshot(processor, snapshot()))
                 elif code == A_FLUSH:

@@ -15,7 +15,9 @@ use pyo3_async_runtimes::TaskLocals;
 
 use super::{errors_module, PyEventEnvelope};
 use crate::error::{Error, Result};
-use crate::model::{Checkpoint, CheckpointStore, Event, EventSource, EventStream, Scope, SubscribeRequest};
+use crate::model::{
+    Checkpoint, CheckpointStore, Event, EventSource, EventStream, Scope, SubscribeRequest,
+};
 
 /// A Python exception carried through the core unchanged.
 pub struct PyErrBox(pub PyErr);
@@ -111,9 +113,17 @@ impl EventSource for PyEventSource {
             pyo3_async_runtimes::into_future_with_locals(&self.locals, aw)
         });
         let fut = fut.map_err(|e| Python::attach(|py| classify(py, e)))?;
-        let stream = fut.await.map_err(|e| Python::attach(|py| classify(py, e)))?;
-        Python::attach(|py| require(stream.bind(py), &["recv"], "the stream returned by subscribe()"))
+        let stream = fut
+            .await
             .map_err(|e| Python::attach(|py| classify(py, e)))?;
+        Python::attach(|py| {
+            require(
+                stream.bind(py),
+                &["recv"],
+                "the stream returned by subscribe()",
+            )
+        })
+        .map_err(|e| Python::attach(|py| classify(py, e)))?;
         Ok(Box::new(PyEventStream {
             obj: stream,
             locals: self.locals.clone(),
@@ -143,7 +153,10 @@ impl EventStream for PyEventStream {
                         py,
                         PyTypeError::new_err(format!(
                             "recv() must return an EventEnvelope, got {}",
-                            b.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                            b.get_type()
+                                .name()
+                                .map(|n| n.to_string())
+                                .unwrap_or_default()
                         )),
                     )),
                 }

@@ -16,7 +16,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from .. import _native
 from .._model import Checkpoint
 
-__all__ = ["LocalMemoryService", "SeenRequest"]
+__all__ = [
+    "InMemoryEventClient",
+    "LocalMemoryService",
+    "ProcessorRun",
+    "RunResult",
+    "SeenRequest",
+    "run_until_handled",
+]
 
 EventSpec = Union[Tuple[str, str, Any], Mapping[str, Any]]
 
@@ -212,3 +219,7 @@ class LocalMemoryService:
 
     def __repr__(self) -> str:
         return f"LocalMemoryService(endpoint={self._native.endpoint!r})"
+
+
+# The testing kit (imported last: it uses LocalMemoryService).
+from .kit import InMemoryEventClient, ProcessorRun, RunResult, run_until_handled  # noqa: E402
