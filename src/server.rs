@@ -993,3 +993,7 @@ impl AdminCheckpointService for Svc {
         }))
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
