@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from memory_service_processor import Config, EventProcessor, Runtime, _native
 
@@ -48,6 +48,36 @@ def vm_hwm_kb() -> Optional[int]:
     except OSError:  # pragma: no cover
         pass
     return None
+
+
+def thread_cpu_ns() -> Dict[int, Tuple[str, int]]:
+    """``{tid: (name, cpu_ns)}`` for this process's live threads.
+
+    From ``/proc/self/task/*/schedstat`` (nanosecond run time). The main thread is named
+    ``main``; the Rust core's tokio threads are ``msp-core``; grpcio names its own.
+    """
+    out: Dict[int, Tuple[str, int]] = {}
+    main_tid = os.getpid()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        t = int(tid)
+        out[t] = ("main" if t == main_tid else name, ns)
+    return out
+
+
+def cpu_since(before: Dict[int, Tuple[str, int]]) -> Dict[str, float]:
+    """CPU seconds per thread name since ``before`` (threads that exited meanwhile are lost)."""
+    out: Dict[str, float] = {}
+    for tid, (name, ns) in thread_cpu_ns().items():
+        used = ns - before.get(tid, (name, 0))[1]
+        out[name] = out.get(name, 0.0) + used / 1e9
+    return out
 
 
 class Counter(EventProcessor):
@@ -191,6 +221,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     n = a.events
     cid = a.client_id
     out: Dict[str, Any] = {"case": a.case, "events": n}
+    if a.case in ("grpcio-seed", "grpcio-every1000", "live-grpcio"):
+        if not a.stubs:
+            p.error("--stubs is required for the grpcio cases")
+        import grpc  # noqa: F401 - imported before the CPU accounting starts
+        import grpcio_baseline as gb
+
+        gb.load_stubs(a.stubs)
+    cpu0 = thread_cpu_ns()
 
     if a.case == "raw":
         out["seconds"] = _native.bench_raw_read(a.endpoint, n)
@@ -212,10 +250,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         out.update(asyncio.run(run_ours(a.endpoint, proc, cfg)))
         out["latency"] = latency_summary(proc.latencies_ns, a.warmup)
     elif a.case in ("grpcio-seed", "grpcio-every1000", "live-grpcio"):
-        import grpcio_baseline as gb
-
-        if not a.stubs:
-            p.error("--stubs is required for the grpcio cases")
         if a.case == "live-grpcio":
             lproc = gb.LatencyCounter(n, lambda: None)
             out.update(asyncio.run(gb.run_loop(a.endpoint, lproc, cid, stubs_root=a.stubs, every=1, after_cursor=None)))
@@ -226,6 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         p.error(f"unknown case {a.case!r}")
     out["vm_hwm_kb"] = vm_hwm_kb()
+    out["thread_cpu_s"] = cpu_since(cpu0)
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
     return 0

@@ -158,6 +158,22 @@ class Server:
             self.proc.stdout.close()
 
 
+def process_cpu_ns(pid: int) -> int:
+    """CPU nanoseconds used so far by the live threads of process ``pid``."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
 def run_child(cmd: List[str], cpus: Optional[Sequence[int]], timeout: float) -> Dict[str, Any]:
     """Runs one case process; returns its JSON line plus ``peak_rss_kb`` (``wait4``'s ru_maxrss)."""
     full, preexec = pinned_cmd(cmd, cpus)
@@ -186,13 +202,20 @@ def run_child(cmd: List[str], cpus: Optional[Sequence[int]], timeout: float) -> 
         stderr = err.read()
     if timed_out.is_set():
         raise RuntimeError(f"timed out after {timeout:.0f}s: {' '.join(cmd)}\n{stderr[-3000:]}")
-    if proc.returncode != 0:
-        raise RuntimeError(f"exit {proc.returncode}: {' '.join(cmd)}\n{stderr[-3000:]}")
     lines = [l for l in out.decode().splitlines() if l.startswith("{")]
     if not lines:
-        raise RuntimeError(f"no result from {' '.join(cmd)}\n{stderr[-3000:]}")
+        raise RuntimeError(f"exit {proc.returncode}, no result: {' '.join(cmd)}\n{stderr[-3000:]}")
     result: Dict[str, Any] = json.loads(lines[-1])
     result["peak_rss_kb"] = usage.ru_maxrss  # KiB on Linux
+    if proc.returncode != 0:
+        # The case finished and printed its result, then the process died while the
+        # interpreter shut down. Keep the measurement, but make the crash visible.
+        first = next((l for l in stderr.splitlines() if l.startswith("Fatal Python error")), "")
+        if not first and proc.returncode < 0:
+            first = f"killed by signal {signal.Signals(-proc.returncode).name}"
+        result["exit_status"] = proc.returncode
+        result["exit_error"] = first
+        log(f"  WARNING: the case process died at exit ({proc.returncode}) after reporting: {first}")
     return result
 
 
@@ -211,7 +234,7 @@ class Bench:
         return f"bench-{mode}-{case}-{os.getpid()}-{self.seq}"
 
     def case_cmd(self, case: str, endpoint: str, events: int, mode: str, extra: Sequence[str] = ()) -> List[str]:
-        cmd = [sys.executable, CASES_PY, case, "--endpoint", endpoint, "--events", str(events),
+        cmd = [sys.executable, "-X", "faulthandler", CASES_PY, case, "--endpoint", endpoint, "--events", str(events),
                "--client-id", self.client_id(case, mode), *extra]
         if case in GRPCIO_CASES:
             assert self.stubs is not None
@@ -275,8 +298,10 @@ class Bench:
                         else:
                             assert server is not None
                             n = self.events_for(case)
+                            cpu0 = process_cpu_ns(server.proc.pid)
                             r = run_child(self.case_cmd(case, server.endpoint, n, mode), client_cpus,
                                           timeout=120 + n / 200)
+                            r["server_cpu_s"] = (process_cpu_ns(server.proc.pid) - cpu0) / 1e9
                     except Exception as e:  # noqa: BLE001 - reported, the others go on
                         errors[case] = str(e)
                         log(f"[{mode}] {case}: FAILED: {e}")
@@ -344,6 +369,23 @@ def summarize(mode: str, cases: List[str], results: Dict[str, List[Dict[str, Any
                     vals = [r["latency"][k] for r in runs if k in r["latency"]]
                     if vals:
                         s[k] = median(vals)
+            prof = [r for r in runs if r.get("thread_cpu_s") and r.get("handled")]
+            if prof:
+                def per_event(f: Any) -> Optional[float]:
+                    return median([f(r) * 1e6 / r["handled"] for r in prof])
+
+                s["wall_us_per_event"] = per_event(lambda r: r["seconds"])
+                s["cpu_us_per_event"] = {
+                    "processor_main_thread": per_event(lambda r: r["thread_cpu_s"].get("main", 0.0)),
+                    "processor_other_threads": per_event(
+                        lambda r: sum(v for k, v in r["thread_cpu_s"].items() if k != "main")),
+                }
+                if all("server_cpu_s" in r for r in prof):
+                    s["cpu_us_per_event"]["server"] = per_event(lambda r: r["server_cpu_s"])
+            crashes = [r for r in runs if r.get("exit_status")]
+            if crashes:
+                s["exit_crashes"] = len(crashes)
+                s["exit_errors"] = sorted({r.get("exit_error", "") for r in crashes})
             if "rss_samples" in runs[0]:
                 samples = runs[0]["rss_samples"]
                 s["rss_samples_mb"] = [[n, b / 2**20] for n, b in samples]
@@ -429,6 +471,8 @@ def table(mode: str, summary: Dict[str, Any], cases: List[str]) -> str:
             sm = s["rss_samples_mb"]
             picks = [sm[len(sm) // 5], sm[len(sm) // 2], sm[-1]]
             notes.append("RSS " + ", ".join(f"{p[1]:.1f} MB@{p[0]:,}" for p in picks))
+        if s.get("exit_crashes"):
+            notes.append(f"{s['exit_crashes']}/{len(s['runs'])} processes died at exit (see JSON)")
         rows.append([LABELS[case], ev, xs, x1, pr, fmt(s.get("peak_rss_mb"), ".1f", " MB"), "; ".join(notes)])
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
@@ -436,10 +480,30 @@ def table(mode: str, summary: Dict[str, Any], cases: List[str]) -> str:
     for r in rows:
         lines.append("| " + " | ".join((str(v).ljust(w) if i in (0, 6) else str(v).rjust(w))
                                        for i, (v, w) in enumerate(zip(r, widths))) + " |")
+    prof_rows = []
+    for case in cases:
+        s = c.get(case, {})
+        cpu = s.get("cpu_us_per_event")
+        if not cpu or case in LIVE_CASES or case == "memory":
+            continue
+        prof_rows.append([LABELS[case], fmt(s.get("wall_us_per_event"), ".2f"),
+                          fmt(cpu.get("processor_main_thread"), ".2f"),
+                          fmt(cpu.get("processor_other_threads"), ".2f"), fmt(cpu.get("server"), ".2f")])
+    prof_header = ["case", "wall us/event", "processor main thread", "processor other threads", "server"]
+    prof_lines: List[str] = []
+    if prof_rows:
+        pw = [max(len(str(r[i])) for r in prof_rows + [prof_header]) for i in range(len(prof_header))]
+        prof_lines = ["CPU time per event (us), medians; the processor's main thread runs Python:", "",
+                      "| " + " | ".join(h.ljust(w) for h, w in zip(prof_header, pw)) + " |",
+                      "|" + "|".join("-" * (w + 2) for w in pw) + "|"]
+        for r in prof_rows:
+            prof_lines.append("| " + " | ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w)
+                                                for i, (v, w) in enumerate(zip(r, pw))) + " |")
+        prof_lines.append("")
     pl = summary["placement"]
     where = ("unpinned (the scheduler places every thread)" if pl["server_cpus"] is None else
              f"pinned with taskset: server on CPU {pl['server_cpus']}, processor on CPU {pl['processor_cpus']}")
-    out = [f"### {mode}: {where}", ""] + lines + [""]
+    out = [f"### {mode}: {where}", ""] + lines + [""] + prof_lines
     for t in summary["targets"]:
         mark = "met" if t["met"] else "MISSED"
         out.append(f"- {t['target']}: {t['value']:,.2f} (target {t['want']} {t['limit']:g}): {mark}")

@@ -156,6 +156,7 @@ def _first_text(data: Dict[str, Any]) -> Optional[str]:
     content = data.get("content")
     if isinstance(content, list):
         for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                return part["text"]
+            text = part.get("text") if isinstance(part, dict) else None
+            if isinstance(text, str):
+                return text
     return None

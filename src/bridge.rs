@@ -31,6 +31,52 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     pyo3_async_runtimes::tokio::get_runtime()
 }
 
+/// Native futures handed to Python that have not resolved yet, and when the last one did:
+/// Python's `atexit` waits for them (see [`quiesce`]) so that no runtime thread completes an
+/// asyncio future while the interpreter finalizes.
+static INFLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static LAST_DONE: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// `future_into_py`, counted in [`INFLIGHT`].
+fn py_future<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: std::future::Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    use std::sync::atomic::Ordering::SeqCst;
+    INFLIGHT.fetch_add(1, SeqCst);
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            *lock(&LAST_DONE) = Some(Instant::now());
+            INFLIGHT.fetch_sub(1, SeqCst);
+        }
+    }
+    let done = Done;
+    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        let _done = done;
+        fut.await
+    })
+}
+
+/// Waits (GIL released, at most `timeout` seconds) until no native future is pending and the
+/// last one resolved a moment ago. Registered with `atexit`.
+#[pyfunction]
+#[pyo3(signature = (timeout=1.0))]
+fn quiesce(py: Python<'_>, timeout: f64) {
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 60.0));
+    py.detach(|| loop {
+        let pending = INFLIGHT.load(std::sync::atomic::Ordering::SeqCst);
+        let recent = lock(&LAST_DONE)
+            .map(|t| t.elapsed() < Duration::from_millis(50))
+            .unwrap_or(false);
+        if (pending == 0 && !recent) || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    });
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -447,7 +493,7 @@ impl NativeCheckpointClient {
     /// Awaitable: `(client_id, content_type, value_json, updated_at_unix | None)`.
     fn get<'py>(&self, py: Python<'py>, client_id: String) -> PyResult<Bound<'py, PyAny>> {
         let store = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        py_future(py, async move {
             let cp = store.get(&client_id).await.map_err(to_py_err)?;
             Python::attach(|py| checkpoint_tuple(py, cp))
         })
@@ -465,7 +511,7 @@ impl NativeCheckpointClient {
             PyValueError::new_err(format!("checkpoint value is not valid JSON: {e}"))
         })?;
         let store = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        py_future(py, async move {
             let cp = store
                 .put(&client_id, &content_type, &value)
                 .await
@@ -564,7 +610,7 @@ impl NativeEventClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let req = subscribe_request(request)?;
         let source = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        py_future(py, async move {
             let stream = source.subscribe(req).await.map_err(to_py_err)?;
             Ok(NativeEventStream {
                 inner: Arc::new(tokio::sync::Mutex::new(Some(stream))),
@@ -588,7 +634,7 @@ pub struct NativeEventStream {
 impl NativeEventStream {
     fn recv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        py_future(py, async move {
             let mut guard = inner.lock().await;
             let Some(stream) = guard.as_mut() else {
                 return Err(PyStopAsyncIteration::new_err(()));
@@ -633,7 +679,6 @@ pub const A_DONE: u8 = 5;
 pub struct Core {
     driver: Mutex<Driver>,
     stop: StopHandle,
-    wake: Arc<tokio::sync::Notify>,
     stats: Arc<Stats>,
     client_id: String,
 }
@@ -655,10 +700,11 @@ fn store_from(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn Checkp
 #[pymethods]
 impl Core {
     #[new]
-    #[pyo3(signature = (*, events, checkpoints, content_type, client_id, kinds, conversation_ids, entry_channels, entry_content_types, entry_roles, scope, after_cursor, justification, checkpoint_interval, checkpoint_every, reconnect_min, reconnect_max, stale_cursor, buffer_size, max_batch, stop_timeout))]
+    #[pyo3(signature = (*, wake_fd, events, checkpoints, content_type, client_id, kinds, conversation_ids, entry_channels, entry_content_types, entry_roles, scope, after_cursor, justification, checkpoint_interval, checkpoint_every, reconnect_min, reconnect_max, stale_cursor, buffer_size, max_batch, stop_timeout))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
+        wake_fd: i32,
         events: &Bound<'_, PyAny>,
         checkpoints: &Bound<'_, PyAny>,
         content_type: String,
@@ -725,9 +771,27 @@ impl Core {
             runtime().handle().clone(),
         )
         .map_err(|e| to_py_err_in(py, e))?;
+        // Wake-ups reach Python as a byte on this socket (the caller's socketpair end; we keep
+        // our own duplicate of it).
+        let socket = {
+            use std::os::fd::BorrowedFd;
+            if wake_fd < 0 {
+                return Err(PyValueError::new_err("wake_fd must be an open socket descriptor"));
+            }
+            // SAFETY: the caller passes the descriptor of a socket it keeps open for the
+            // duration of this call; we only duplicate it.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(wake_fd) };
+            let owned = borrowed
+                .try_clone_to_owned()
+                .map_err(|e| PyValueError::new_err(format!("wake_fd: {e}")))?;
+            std::os::unix::net::UnixStream::from(owned)
+        };
+        driver
+            .waker()
+            .attach_socket(socket)
+            .map_err(|e| PyValueError::new_err(format!("wake_fd: {e}")))?;
         Ok(Core {
             stop: driver.stop_handle(),
-            wake: driver.waker(),
             stats: driver.stats.clone(),
             driver: Mutex::new(driver),
             client_id,
@@ -738,7 +802,7 @@ impl Core {
     /// value as JSON text, or None on a first run.
     fn load<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let fut = lock(&self.driver).load_future();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        py_future(py, async move {
             let cp = fut.await.map_err(to_py_err)?;
             Ok(LoadResult {
                 text: cp.as_ref().map(|c| c.value.to_string()),
@@ -779,16 +843,6 @@ impl Core {
             }
             Action::Done(Ok(())) => (A_DONE, py.None()),
             Action::Done(Err(e)) => return Err(to_py_err_in(py, e)),
-        })
-    }
-
-    /// Awaitable: resolves when there may be something to do, or after `timeout` seconds.
-    fn wait<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyAny>> {
-        let wake = self.wake.clone();
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            crate::driver::wait(wake, deadline).await;
-            Ok(())
         })
     }
 
@@ -1135,7 +1189,43 @@ fn reset_log_cache() {
     }
 }
 
+/// Stops forwarding Rust log records to Python (registered with `atexit`): once the
+/// interpreter finalizes, a Rust thread must never try to take the GIL to log.
+#[pyfunction]
+fn shutdown_logging() {
+    LOGGING_ON.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
 static LOG_HANDLE: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLock::new();
+static LOGGING_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// pyo3-log's bridge, switched off by [`shutdown_logging`].
+struct GuardedLogger(pyo3_log::Logger);
+
+impl log::Log for GuardedLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        LOGGING_ON.load(std::sync::atomic::Ordering::Relaxed) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if LOGGING_ON.load(std::sync::atomic::Ordering::Relaxed) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn install_logging(py: Python<'_>) -> PyResult<()> {
+    let logger = pyo3_log::Logger::new(py, pyo3_log::Caching::LoggersAndLevels)?
+        .filter(log::LevelFilter::Debug);
+    let handle = logger.reset_handle();
+    if log::set_boxed_logger(Box::new(GuardedLogger(logger))).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+        let _ = LOG_HANDLE.set(handle);
+    }
+    Ok(())
+}
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -1150,9 +1240,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .thread_name("msp-core")
         .enable_all();
     pyo3_async_runtimes::tokio::init(builder);
-    if let Ok(h) = pyo3_log::try_init() {
-        let _ = LOG_HANDLE.set(h);
-    }
+    install_logging(m.py())?;
     m.add_class::<PyEventEnvelope>()?;
     m.add_class::<NativeCheckpointClient>()?;
     m.add_class::<NativeEventClient>()?;
@@ -1161,6 +1249,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LoadResult>()?;
     m.add_class::<NativeServer>()?;
     m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(shutdown_logging, m)?)?;
+    m.add_function(wrap_pyfunction!(quiesce, m)?)?;
     m.add_function(wrap_pyfunction!(bench_raw_read, m)?)?;
     m.add("A_HANDLE", A_HANDLE)?;
     m.add("A_SIGNAL", A_SIGNAL)?;

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
+
+use crate::wake::Wake;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -36,12 +38,12 @@ pub struct Buffer {
     inner: Mutex<Inner>,
     capacity: usize,
     space: Notify,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
 }
 
 impl Buffer {
     /// `wake` is the consumer's wake-up (shared with the writer and stop).
-    pub fn new(capacity: usize, wake: Arc<Notify>) -> Buffer {
+    pub fn new(capacity: usize, wake: Arc<Wake>) -> Buffer {
         Buffer {
             inner: Mutex::new(Inner {
                 queue: VecDeque::with_capacity(capacity.min(65_536)),
@@ -74,7 +76,7 @@ impl Buffer {
                     if inner.consumer_waiting {
                         inner.consumer_waiting = false;
                         drop(inner);
-                        self.wake.notify_one();
+                        self.wake.wake();
                     }
                     return true;
                 }
@@ -95,7 +97,7 @@ impl Buffer {
         }
         inner.consumer_waiting = false;
         drop(inner);
-        self.wake.notify_one();
+        self.wake.wake();
     }
 
     /// Takes up to `max` business events, or one signal, or reports empty / ended.
@@ -160,7 +162,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_stop_at_signals_and_respect_max() {
-        let buf = Buffer::new(100, Arc::new(Notify::new()));
+        let buf = Buffer::new(100, Arc::new(Wake::new()));
         let c = CancellationToken::new();
         for i in 0..5 {
             assert!(buf.push(ev("entry", &i.to_string()), &c).await);
@@ -184,7 +186,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_buffer_blocks_the_producer_until_taken() {
-        let buf = Arc::new(Buffer::new(2, Arc::new(Notify::new())));
+        let buf = Arc::new(Buffer::new(2, Arc::new(Wake::new())));
         let c = CancellationToken::new();
         assert!(buf.push(ev("entry", "1"), &c).await);
         assert!(buf.push(ev("entry", "2"), &c).await);
@@ -201,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn cancel_releases_a_blocked_producer() {
-        let buf = Arc::new(Buffer::new(1, Arc::new(Notify::new())));
+        let buf = Arc::new(Buffer::new(1, Arc::new(Wake::new())));
         let c = CancellationToken::new();
         assert!(buf.push(ev("entry", "1"), &c).await);
         c.cancel();

@@ -5,12 +5,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use log::{debug, warn};
-use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::model::CheckpointStore;
 use crate::stats::Stats;
+use crate::wake::Wake;
 
 struct State {
     busy: bool,
@@ -27,7 +27,7 @@ pub struct CheckpointWriter {
     retry_max: Duration,
     state: Mutex<State>,
     /// Woken when a write completes (the consumer may be waiting for an idle writer).
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     stats: Arc<Stats>,
     runtime: tokio::runtime::Handle,
 }
@@ -40,7 +40,7 @@ impl CheckpointWriter {
         content_type: String,
         retry_min: Duration,
         retry_max: Duration,
-        wake: Arc<Notify>,
+        wake: Arc<Wake>,
         stats: Arc<Stats>,
         runtime: tokio::runtime::Handle,
     ) -> Arc<CheckpointWriter> {
@@ -109,7 +109,7 @@ impl CheckpointWriter {
                     None => {
                         st.busy = false;
                         drop(st);
-                        self.wake.notify_one();
+                        self.wake.wake();
                         return;
                     }
                 }
@@ -152,7 +152,7 @@ impl CheckpointWriter {
                     st.pending = None;
                     st.busy = false;
                     drop(st);
-                    self.wake.notify_one();
+                    self.wake.wake();
                     return;
                 }
             }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -17,6 +16,7 @@ use crate::checkpoint_writer::CheckpointWriter;
 use crate::error::{Error, Result};
 use crate::model::{resume_cursor, Checkpoint, CheckpointStore, Event, EventSource, LoopConfig};
 use crate::stats::Stats;
+use crate::wake::Wake;
 
 /// What the processor must do next.
 #[derive(Debug)]
@@ -51,7 +51,7 @@ enum Phase {
 #[derive(Clone)]
 pub struct StopHandle {
     token: CancellationToken,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
 }
 
 impl StopHandle {
@@ -59,7 +59,7 @@ impl StopHandle {
     /// Idempotent.
     pub fn stop(&self) {
         self.token.cancel();
-        self.wake.notify_one();
+        self.wake.wake();
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -74,7 +74,7 @@ pub struct Driver {
     content_type: String,
     runtime: tokio::runtime::Handle,
     pub stats: Arc<Stats>,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     stop: CancellationToken,
     producer_cancel: CancellationToken,
     buffer: Arc<Buffer>,
@@ -101,7 +101,7 @@ impl Driver {
         cfg.validate()?;
         let cfg = Arc::new(cfg);
         let stats = Arc::new(Stats::default());
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::new());
         let buffer = Arc::new(Buffer::new(cfg.buffer_size, wake.clone()));
         let writer = CheckpointWriter::new(
             checkpoints.clone(),
@@ -149,7 +149,7 @@ impl Driver {
     }
 
     /// The notifier that ends a [`Action::Wait`] / [`Action::WaitWriter`] early.
-    pub fn waker(&self) -> Arc<Notify> {
+    pub fn waker(&self) -> Arc<Wake> {
         self.wake.clone()
     }
 
@@ -352,6 +352,7 @@ impl Driver {
 
     fn finish(&mut self, r: Result<()>) -> Action {
         self.phase = Phase::Done;
+        self.stats.set_phase(crate::stats::StreamPhase::Stopped);
         self.producer_cancel.cancel();
         if r.is_err() {
             self.writer.close();
@@ -396,6 +397,7 @@ impl Driver {
 
     /// The processor failed: write nothing more, stop the network side.
     pub fn abort(&mut self) {
+        self.stats.set_phase(crate::stats::StreamPhase::Stopped);
         self.outstanding = None;
         self.writer.close();
         self.phase = Phase::Done;
@@ -410,7 +412,7 @@ impl Drop for Driver {
 }
 
 /// Waits until woken or `deadline` (used for [`Action::Wait`] and [`Action::WaitWriter`]).
-pub async fn wait(wake: Arc<Notify>, deadline: Instant) {
+pub async fn wait(wake: Arc<Wake>, deadline: Instant) {
     let now = Instant::now();
     let timeout = deadline.saturating_duration_since(now);
     if timeout.is_zero() {

@@ -19,6 +19,7 @@ pub mod model;
 pub mod server;
 pub mod stats;
 pub mod stream_loop;
+pub mod wake;
 
 /// Generated protobuf and tonic code for `memory.v1`.
 pub mod proto {

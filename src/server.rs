@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use log::{info, warn};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
@@ -730,7 +731,7 @@ impl EventStreamService for Svc {
             ));
         }
         let filter = Arc::new(Filter::from_request(&req));
-        let (out_tx, out_rx) = mpsc::channel::<Result<proto::EventNotification, Status>>(512);
+        let (out_tx, out_rx) = mpsc::channel(4);
         let (live_tx, live_rx) = mpsc::channel(self.state.opts.queue_capacity.max(1));
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         // Register for live events and fix the replay range under one lock: nothing is missed
@@ -776,7 +777,29 @@ impl EventStreamService for Svc {
             )
             .await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        let stream = ReceiverStream::new(out_rx).flat_map(futures_util::stream::iter);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The stream's outgoing side: chunks of notifications, flattened into the response stream, so
+/// a replay costs one channel hand-off per chunk rather than per event.
+type Out = mpsc::Sender<Vec<Result<proto::EventNotification, Status>>>;
+
+/// Most live events sent in one chunk.
+const LIVE_CHUNK: usize = 256;
+
+async fn emit(out: &Out, n: proto::EventNotification) -> bool {
+    out.send(vec![Ok(n)]).await.is_ok()
+}
+
+async fn wait_unpaused(state: &State) {
+    while state.paused.load(Ordering::SeqCst) {
+        let n = state.published.notified();
+        if !state.paused.load(Ordering::SeqCst) {
+            break;
+        }
+        n.await;
     }
 }
 
@@ -790,28 +813,21 @@ async fn stream_task(
     to: u64,
     mut live: mpsc::Receiver<Arc<StoredEvent>>,
     mut ctl: mpsc::UnboundedReceiver<Ctl>,
-    out: mpsc::Sender<Result<proto::EventNotification, Status>>,
+    out: Out,
 ) {
-    let send = |n: proto::EventNotification| out.send(Ok(n));
     let mut last_cursor: Option<String> = None;
     if with_cursor {
-        if send(signal(
-            "phase",
-            serde_json::json!({"phase": "replay"}),
-            None,
-        ))
+        if !emit(
+            &out,
+            signal("phase", serde_json::json!({"phase": "replay"}), None),
+        )
         .await
-        .is_err()
         {
             return;
         }
         if stale {
-            let _ = send(signal(
-                "invalidate",
-                serde_json::json!({"reason": "cursor beyond retention window"}),
-                None,
-            ))
-            .await;
+            let reason = serde_json::json!({"reason": "cursor beyond retention window"});
+            emit(&out, signal("invalidate", reason, None)).await;
             return;
         }
         let mut next = from;
@@ -826,17 +842,20 @@ async fn stream_task(
                     .cloned()
                     .collect()
             };
-            if chunk.is_empty() {
+            let Some(last) = chunk.last() else {
                 break;
+            };
+            next = last.cursor + 1;
+            let notes: Vec<_> = chunk
+                .iter()
+                .filter(|ev| filter.matches(ev))
+                .map(|ev| Ok(ev.note.clone()))
+                .collect();
+            if let Some(Ok(n)) = notes.last() {
+                last_cursor = n.cursor.clone();
             }
-            for ev in chunk {
-                next = ev.cursor + 1;
-                if filter.matches(&ev) {
-                    last_cursor = ev.note.cursor.clone();
-                    if out.send(Ok(ev.note.clone())).await.is_err() {
-                        return;
-                    }
-                }
+            if !notes.is_empty() && out.send(notes).await.is_err() {
+                return;
             }
             if let Ok(c) = ctl.try_recv() {
                 if handle_ctl(c, &out, &last_cursor).await {
@@ -845,20 +864,16 @@ async fn stream_task(
             }
         }
     }
-    if send(signal("phase", serde_json::json!({"phase": "live"}), None))
-        .await
-        .is_err()
+    if !emit(
+        &out,
+        signal("phase", serde_json::json!({"phase": "live"}), None),
+    )
+    .await
     {
         return;
     }
     loop {
-        while state.paused.load(Ordering::SeqCst) {
-            let n = state.published.notified();
-            if !state.paused.load(Ordering::SeqCst) {
-                break;
-            }
-            n.await;
-        }
+        wait_unpaused(&state).await;
         tokio::select! {
             biased;
             c = ctl.recv() => match c {
@@ -867,16 +882,19 @@ async fn stream_task(
             },
             ev = live.recv() => match ev {
                 Some(ev) => {
-                    if state.paused.load(Ordering::SeqCst) {
-                        // hold it until resumed
-                        while state.paused.load(Ordering::SeqCst) {
-                            let n = state.published.notified();
-                            if !state.paused.load(Ordering::SeqCst) { break; }
-                            n.await;
+                    // a paused server holds what it has until resumed
+                    wait_unpaused(&state).await;
+                    let mut notes = vec![Ok(ev.note.clone())];
+                    while notes.len() < LIVE_CHUNK {
+                        match live.try_recv() {
+                            Ok(ev) => notes.push(Ok(ev.note.clone())),
+                            Err(_) => break,
                         }
                     }
-                    last_cursor = ev.note.cursor.clone();
-                    if out.send(Ok(ev.note.clone())).await.is_err() {
+                    if let Some(Ok(n)) = notes.last() {
+                        last_cursor = n.cursor.clone();
+                    }
+                    if out.send(notes).await.is_err() {
                         return;
                     }
                 }
@@ -888,32 +906,19 @@ async fn stream_task(
 }
 
 /// Returns true when the stream must end.
-async fn handle_ctl(
-    c: Ctl,
-    out: &mpsc::Sender<Result<proto::EventNotification, Status>>,
-    last_cursor: &Option<String>,
-) -> bool {
+async fn handle_ctl(c: Ctl, out: &Out, last_cursor: &Option<String>) -> bool {
     match c {
         Ctl::Evict(reason) => {
-            let _ = out
-                .send(Ok(signal(
-                    "evicted",
-                    serde_json::json!({"reason": reason}),
-                    last_cursor.clone(),
-                )))
-                .await;
+            let data = serde_json::json!({"reason": reason});
+            emit(out, signal("evicted", data, last_cursor.clone())).await;
             true
         }
-        Ctl::Invalidate(reason) => out
-            .send(Ok(signal(
-                "invalidate",
-                serde_json::json!({"reason": reason}),
-                None,
-            )))
-            .await
-            .is_err(),
+        Ctl::Invalidate(reason) => {
+            let data = serde_json::json!({"reason": reason});
+            !emit(out, signal("invalidate", data, None)).await
+        }
         Ctl::Abort(status) => {
-            let _ = out.send(Err(status)).await;
+            let _ = out.send(vec![Err(status)]).await;
             true
         }
     }

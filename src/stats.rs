@@ -12,6 +12,8 @@ pub enum StreamPhase {
     Replay = 1,
     Live = 2,
     Stopped = 3,
+    /// Receiving events from a source that sends no phase signals.
+    Streaming = 4,
 }
 
 impl StreamPhase {
@@ -21,6 +23,7 @@ impl StreamPhase {
             StreamPhase::Replay => "replay",
             StreamPhase::Live => "live",
             StreamPhase::Stopped => "stopped",
+            StreamPhase::Streaming => "streaming",
         }
     }
 }
@@ -35,7 +38,7 @@ pub struct Stats {
     pub checkpoints_skipped: AtomicU64,
     pub reconnects: AtomicU64,
     pub batches: AtomicU64,
-    /// Sum and max of per-batch handle time divided by its size, in nanoseconds.
+    /// Total handle time, and the slowest batch's mean time per event, in nanoseconds.
     pub handle_ns_total: AtomicU64,
     pub handle_ns_max: AtomicU64,
     phase: AtomicU8,
@@ -53,6 +56,7 @@ impl Stats {
             1 => StreamPhase::Replay,
             2 => StreamPhase::Live,
             3 => StreamPhase::Stopped,
+            4 => StreamPhase::Streaming,
             _ => StreamPhase::Connecting,
         }
     }
@@ -70,7 +74,7 @@ impl Stats {
             return;
         }
         self.handle_ns_total.fetch_add(nanos, Relaxed);
-        self.handle_ns_max.fetch_max(nanos / events, Relaxed);
+        self.handle_ns_max.fetch_max(nanos.div_ceil(events), Relaxed);
         self.batches.fetch_add(1, Relaxed);
     }
 

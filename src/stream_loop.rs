@@ -227,6 +227,9 @@ async fn consume(
             continue;
         }
         business_events += 1;
+        if business_events == 1 && stats.phase() == StreamPhase::Connecting {
+            stats.set_phase(StreamPhase::Streaming);
+        }
         if let Some(c) = &event.cursor {
             match cursor {
                 Some(cur) => {

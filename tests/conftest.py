@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import threading
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, TypeVar
@@ -215,8 +214,3 @@ def auth_server() -> Any:
         yield srv
     finally:
         srv.stop_sync()
-
-
-def is_coroutine_function(f: Any) -> bool:
-    """``inspect.iscoroutinefunction`` (kept here so tests read plainly)."""
-    return inspect.iscoroutinefunction(f)

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List
@@ -20,7 +19,6 @@ import pytest
 from conftest import Recorder, cfg, publish_entries, run, running, wait_until
 from memory_service_processor import Runtime
 from memory_service_processor._logging import (
-    JsonFormatter,
     StructuredLogFilter,
     configure_logging,
     parse_key_values,
@@ -129,6 +127,7 @@ def test_rust_core_records_arrive_with_structured_fields(server: LocalMemoryServ
 
 def test_json_formatter_one_object_per_line_with_fields() -> None:
     stream = io.StringIO()
+    root_level = logging.getLogger().level
     handler = configure_logging("debug", "json", stream=stream)
     try:
         lg = logging.getLogger("memory_service_processor.driver")
@@ -140,6 +139,7 @@ def test_json_formatter_one_object_per_line_with_fields() -> None:
             logging.getLogger("user.code").exception("handler failed")
     finally:
         logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(root_level)
     lines = stream.getvalue().splitlines()
     docs = [json.loads(line) for line in lines]
     assert len(docs) == 3
@@ -151,7 +151,7 @@ def test_json_formatter_one_object_per_line_with_fields() -> None:
     assert "client_id" not in docs[2]
 
 
-def test_configure_logging_rejects_unknown_values() -> None:
+def test_configure_logging_rejects_unknown_values() -> None:  # before touching any handler
     with pytest.raises(ValueError):
         configure_logging("loud", "text")
     with pytest.raises(ValueError):

@@ -60,6 +60,7 @@ def test_first_run_from_start_handles_every_retained_event_in_order(server):
     assert p.handled == published + later == cursors(1, 10)
     assert p.loaded == []  # first run: load is never called
     assert stored_cursor(server) == "10"
+    assert server.checkpoint("proc").content_type == CONTENT_TYPE
     subscribes = [r for r in server.requests() if r.method == "SubscribeEvents"]
     assert subscribes[0].after_cursor == "start"
 
@@ -288,6 +289,39 @@ def test_flush_runs_on_the_interval_and_a_checkpoint_follows(server):
     assert p.committed == cursors(1, 7)
 
 
+def test_flush_runs_on_the_interval_while_events_keep_coming(server):
+    """A busy processor is still flushed (and checkpointed) on the interval, between batches."""
+
+    class FlushProbe(AsyncRecorder):
+        def __init__(self) -> None:
+            super().__init__(delay=0.001)
+            self.handled_at_flush: List[int] = []
+
+        async def flush(self) -> None:  # type: ignore[override]
+            self.handled_at_flush.append(len(self.handled))
+            await AsyncRecorder.flush(self)
+
+    publish_entries(server, 600)  # >= 0.6 s of work
+    p = FlushProbe()
+    rt = Runtime(p, cfg(after_cursor="start", checkpoint_interval=0.1, checkpoint_every=100_000, max_batch=16),
+                 endpoint=server.endpoint)
+    busy_checkpoints: List[str] = []
+
+    async def main():
+        async with running(rt):
+            while len(p.handled) < 600:
+                c = stored_cursor(server)
+                if c is not None and int(c) < 600:
+                    busy_checkpoints.append(c)
+                await asyncio.sleep(0.01)
+
+    run(main())
+    busy = [n for n in p.handled_at_flush if 0 < n < 600]
+    assert len(busy) >= 3, p.handled_at_flush
+    assert busy_checkpoints, "no interval checkpoint was written while handling"
+    assert p.handled == cursors(1, 600)
+
+
 def test_flush_and_final_checkpoint_on_stop(server):
     publish_entries(server, 3)
     p = Recorder()
@@ -502,6 +536,67 @@ def test_sync_and_async_processors(server, cls):
     assert p.handled == cursors(1, 25)
     assert stored_cursor(server) == "25"
     assert [s.event for s in p.signals[:2]] == ["phase", "phase"]
+
+
+def test_sync_handle_returning_an_awaitable_is_awaited(server):
+    class ReturnsCoroutine(Recorder):
+        def handle(self, event: EventEnvelope) -> Any:  # type: ignore[override]
+            async def later() -> None:
+                await asyncio.sleep(0)
+                Recorder.handle(self, event)
+
+            return later()
+
+    publish_entries(server, 5)
+    p = ReturnsCoroutine()
+    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
+
+    async def main():
+        async with running(rt):
+            await wait_until(lambda: len(p.handled) >= 5, "5 events")
+
+    run(main())
+    assert p.handled == cursors(1, 5)
+    assert stored_cursor(server) == "5"
+
+
+def test_many_events_exactly_once_in_order(server):
+    """Batches, buffer wrap-around and coalesced checkpoint writes on a larger replay + live run."""
+    for _ in range(4):
+        publish_entries(server, 5000)
+    p = Recorder()
+    rt = Runtime(p, cfg(after_cursor="start", buffer_size=1000, max_batch=256), endpoint=server.endpoint)
+
+    async def main():
+        async with running(rt):
+            await wait_until(lambda: len(p.handled) >= 20_000, "20000 replayed events", timeout=60)
+            publish_entries(server, 5000)
+            await wait_until(lambda: len(p.handled) >= 25_000, "5000 live events", timeout=60)
+
+    run(main(), timeout=120)
+    assert p.handled == cursors(1, 25_000)
+    assert stored_cursor(server) == "25000"
+    st = rt.stats()
+    assert st["events_handled"] == 25_000
+    # writes never block handling: under load they coalesce (far fewer writes than events)
+    assert 1 <= st["checkpoints_written"] < 25_000
+
+
+def test_user_scope_with_a_user_key(auth_server):
+    from memory_service_processor import InMemoryCheckpointStore
+    from conftest import USER_KEY
+
+    publish_entries(auth_server, 3)
+    p = Recorder()
+    rt = Runtime(p, cfg(after_cursor="start", scope="user"), endpoint=auth_server.endpoint, api_key=USER_KEY,
+                 checkpoints=InMemoryCheckpointStore())
+
+    async def main():
+        async with running(rt):
+            await wait_until(lambda: len(p.handled) >= 3, "3 events")
+
+    run(main())
+    assert p.handled == cursors(1, 3)
 
 
 def test_async_handle_may_await_other_tasks(server):

@@ -8,6 +8,7 @@ reconnects, checkpoint writes and graceful shutdown.
 
 from __future__ import annotations
 
+import atexit
 import logging
 
 from ._clients import (
@@ -68,3 +69,11 @@ __all__ = [
 ]
 
 logging.getLogger("memory_service_processor").addHandler(logging.NullHandler())
+
+# Rust threads must not call into Python logging while the interpreter finalizes.
+from . import _native as _native_module  # noqa: E402
+
+# atexit runs handlers last-in first-out: first wait for native futures still completing,
+# then switch the log bridge off.
+atexit.register(_native_module.shutdown_logging)
+atexit.register(_native_module.quiesce)

@@ -115,6 +115,10 @@ OPTIONS: Tuple[Option, ...] = (
            30.0, "budget for one checkpoint RPC", "connection", metavar="DURATION"),
     Option("max_message_size", "--max-message-size", "MEMORY_SERVICE_GRPC_MAX_MESSAGE_SIZE", "int",
            4 * 1024 * 1024, "largest gRPC message accepted (bytes)", "connection", metavar="BYTES"),
+    Option("checkpoint_store", "--checkpoint-store", "MEMORY_SERVICE_PROCESS_CHECKPOINT_STORE", "str",
+           "grpc", "where checkpoints live: grpc (the server's checkpoint service, needs an admin "
+           "credential), file:PATH (one JSON document per client id in directory PATH) or memory "
+           "(this process only)", "connection", metavar="STORE"),
     # -- Config -----------------------------------------------------------------------------
     Option("client_id", "--client-id", "MEMORY_SERVICE_PROCESS_CLIENT_ID", "str", None,
            "identifies the processor and its checkpoint (required)", "config", metavar="ID"),
@@ -350,17 +354,17 @@ def _convert(o: Option, raw: Any, source: str) -> Any:
             return parse_duration(text, o.dest)
         if o.kind == "int":
             try:
-                value = int(text)
+                number = int(text)
             except ValueError:
                 raise ValueError(f"must be a whole number, got {text!r}") from None
-            if value < (0 if o.dest == "metrics_port" else 1):
-                raise ValueError(f"must be {'0 or more' if o.dest == 'metrics_port' else 'at least 1'}, got {value}")
-            return value
+            if number < (0 if o.dest == "metrics_port" else 1):
+                raise ValueError(f"must be {'0 or more' if o.dest == 'metrics_port' else 'at least 1'}, got {number}")
+            return number
         if o.kind == "choice":
-            value = text.lower()
-            if value not in o.choices:
+            choice = text.lower()
+            if choice not in o.choices:
                 raise ValueError(f"must be one of {', '.join(o.choices)}, got {text!r}")
-            return value
+            return choice
         if o.kind == "secret":
             if not text:
                 raise ValueError("must not be empty")
@@ -417,7 +421,8 @@ def build_config(values: Mapping[str, Any]) -> Config:
 
 def connection_kwargs(values: Mapping[str, Any]) -> Dict[str, Any]:
     """Keyword arguments for :class:`Runtime` / :class:`ConnectionOptions` (no endpoint)."""
-    return {o.dest: values[o.dest] for o in OPTIONS if o.group == "connection" and o.dest != "endpoint" and o.dest in values}
+    skip = ("endpoint", "checkpoint_store")
+    return {o.dest: values[o.dest] for o in OPTIONS if o.group == "connection" and o.dest not in skip and o.dest in values}
 
 
 # -- loading the processor ----------------------------------------------------------------------
@@ -602,9 +607,15 @@ def cmd_run(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = Non
     config = build_config(values)
     processor = load_processor(args.target, _processor_kwargs(args.processor_args))
     from ._runtime import Runtime
+    from ._stores import checkpoint_store_from_spec
 
     try:
-        runtime = Runtime(processor, config, endpoint=endpoint, **connection_kwargs(values))
+        spec = (values.get("checkpoint_store") or "grpc").strip()
+        # grpc: the Runtime builds its own client from the connection options
+        checkpoints = None if spec.lower() == "grpc" else checkpoint_store_from_spec(spec)
+        runtime = Runtime(
+            processor, config, endpoint=endpoint, checkpoints=checkpoints, **connection_kwargs(values)
+        )
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from None
     metrics = _start_metrics(values, runtime)
@@ -634,9 +645,18 @@ def cmd_run(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = Non
 
 
 async def _run_until_signal(runtime: Any) -> None:
+    from .errors import TransientError
+
     loop = asyncio.get_running_loop()
-    with GracefulSignals(loop, runtime.stop):
-        await runtime.run()
+    with GracefulSignals(loop, runtime.stop) as signals:
+        try:
+            await runtime.run()
+        except TransientError as e:
+            # Stopped while still retrying to reach the server (e.g. loading the checkpoint):
+            # nothing was handled, so nothing is lost; a requested stop is a clean stop.
+            if signals.received is None:
+                raise
+            log.warning("stopped before the server could be reached: %s", e)
 
 
 def _checkpoint_client(values: Mapping[str, Any]) -> Any:
@@ -714,8 +734,8 @@ def cmd_checkpoint(args: argparse.Namespace, environ: Optional[Mapping[str, str]
         if old is not None:
             print("previous checkpoint:", file=sys.stderr)
             print(_checkpoint_json(old), file=sys.stderr)
-        value: Any = {"lastEventCursor": args.cursor} if args.cursor else {}
-        cp = await client.put(client_id, content_type, value)
+        empty: Any = {"lastEventCursor": args.cursor} if args.cursor else {}
+        cp = await client.put(client_id, content_type, empty)
         print(_checkpoint_json(cp))
         return EXIT_OK
 
@@ -800,6 +820,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `... demo | head`: the reader went away; leave quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_FAILURE
     except Exception as e:  # the processor's own exception (or a bug): show where it happened
         _report_traceback(e)
         print(f"{PROG}: error: {type(e).__name__}: {_describe(e)}", file=sys.stderr)

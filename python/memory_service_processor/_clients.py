@@ -231,6 +231,32 @@ class FileCheckpointStore:
         self._lock = threading.Lock()
         self._calls = itertools.count(1)
         self._written: Dict[str, int] = {}
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Deletes the temporary files of writers that died mid-write (their process is gone)."""
+        try:
+            names = [p for p in self.directory.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        except OSError:  # pragma: no cover - unreadable directory: writes will say why
+            return
+        for path in names:
+            parts = path.name.rsplit(".", 3)  # ".<doc>.json", "<pid>", "<thread>", "tmp"
+            if len(parts) != 4 or not parts[1].isdigit():
+                continue
+            pid = int(parts[1])
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+                continue  # that writer is alive
+            except ProcessLookupError:
+                pass
+            except OSError:  # e.g. PermissionError: alive, another user's
+                continue
+            try:
+                path.unlink()
+            except OSError:
+                pass
 
     def path_for(self, client_id: str) -> Path:
         """The file that holds ``client_id``'s checkpoint."""

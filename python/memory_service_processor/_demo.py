@@ -29,6 +29,7 @@ from ._cli import (
     _start_metrics,
     load_processor,
     resolve_options,
+    settle_native,
 )
 from ._config import Config
 
@@ -422,7 +423,10 @@ def _demo_with_server(
 ) -> Dict[str, Any]:
     from ._runtime import Runtime
 
-    say = lambda text="": (out.write(text + "\n"), out.flush())  # noqa: E731
+    def say(text: str = "") -> None:
+        out.write(text + "\n")
+        out.flush()
+
     say("memory-service-processor demo")
     where = "a temporary directory" if temporary else directory
     say(f"  embedded Memory Service on {endpoint} (data in {where})")
@@ -431,6 +435,7 @@ def _demo_with_server(
     sim = ConversationSimulator(run=next_cursor)
     batch: List[EventTuple] = sim.opening() if fresh else []
     batch.extend(sim.events(max(0, events - len(batch))))
+    del batch[events:]  # exactly --events (a tiny first run may not even create every conversation)
     t0 = time.monotonic()
     cursors: List[str] = []
     for i in range(0, len(batch), 5000):
@@ -515,6 +520,7 @@ def _demo_with_server(
     try:
         asyncio.run(main())
     finally:
+        settle_native()
         display.close()
         if metrics is not None:
             metrics.close()
@@ -545,14 +551,15 @@ def _demo_with_server(
     say()
     busiest = processor.busiest(top)
     say("Busiest conversations")
-    header = f"  {'#':>2}  {'title':<44} {'turns':>6} {'user':>6} {'assistant':>9} {'notes':>6} {'members':>7}"
+    header = (f"  {'#':>2}  {'conversation':<12} {'title':<44} {'turns':>6} {'user':>6} {'assistant':>9} "
+              f"{'notes':>6} {'members':>7}")
     say(header)
     say("  " + "-" * (len(header) - 2))
     for rank, s in enumerate(busiest, 1):
         title = s.title or s.conversation[:8]
         if len(title) > 44:
             title = title[:43] + "…"
-        say(f"  {rank:>2}  {title:<44} {s.turns:>6,} {s.user_turns:>6,} {s.assistant_turns:>9,} "
+        say(f"  {rank:>2}  {s.conversation[:8] + '…':<12} {title:<44} {s.turns:>6,} {s.user_turns:>6,} {s.assistant_turns:>9,} "
             f"{s.notes:>6,} {processor.member_count(s):>7}")
     say()
     if temporary:

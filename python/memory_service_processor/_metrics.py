@@ -123,6 +123,7 @@ class StatsCollector:
         client_id = str(stats.get("client_id") or "")
         labels = ["client_id"]
         p = self.prefix
+        fam: Any
         for key, doc in _COUNTERS:
             fam = CounterMetricFamily(f"{p}_{key}", doc, labels=labels)
             fam.add_metric([client_id], float(stats.get(key) or 0))

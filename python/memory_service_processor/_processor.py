@@ -49,6 +49,12 @@ class EventProcessor:
         """A cheap, side-effect-free JSON value of the state; include ``lastEventCursor``."""
         return {"lastEventCursor": self.last_event_cursor}
 
+    def on_stream_event(self, event: EventEnvelope) -> Union[None, Awaitable[None]]:
+        """Optional hook: connection-level signals (``kind == "stream"``: ``phase``,
+        ``invalidate``, ``evicted``), never passed to :meth:`handle`. The runtime already
+        acts on them (stale-cursor policy, resume after eviction); the default ignores them."""
+        return None
+
     def flush(self) -> Union[None, Awaitable[None]]:
         """Called every ``checkpoint_interval`` and on stop, before the checkpoint is saved."""
         return None

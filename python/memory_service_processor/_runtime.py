@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import os
+import socket
 import threading
 from typing import Any, Dict, Optional, Union
 
@@ -29,6 +30,42 @@ def _encode_snapshot(processor: Any, value: Any) -> str:
         raise TypeError(
             f"{type(processor).__name__}.snapshot() returned a value that is not JSON-serializable: {e}"
         ) from e
+
+
+class _Waker:
+    """Waits for the core's wake-up byte on a socket, or a timeout."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fut: "Optional[asyncio.Future[None]]" = None
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            while self._sock.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        self._release()
+
+    def _release(self) -> None:
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait(self, timeout: float) -> None:
+        fut = self._loop.create_future()
+        self._fut = fut
+        timer = self._loop.call_later(max(timeout, 0.0), self._release)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._fut = None
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._sock.fileno())
 
 
 class Runtime:
@@ -94,6 +131,7 @@ class Runtime:
         self._events = events
         self._checkpoints = checkpoints
         self._core: Optional[_native.Core] = None
+        self._last_stats: Optional[Dict[str, Any]] = None
         self._lock = threading.Lock()
         self._stop_requested = False
         self._running = False
@@ -125,6 +163,8 @@ class Runtime:
         ``handle_seconds_mean`` / ``handle_seconds_max`` (per event).
         """
         core = self._core
+        if core is None and self._last_stats is not None:
+            return dict(self._last_stats)
         if core is None:
             return {
                 "client_id": self.config.client_id,
@@ -174,6 +214,14 @@ class Runtime:
         try:
             await self._run()
         finally:
+            with self._lock:
+                core, self._core = self._core, None
+                # A later run() starts afresh (a stop() called before run() applies to that run).
+                self._stop_requested = False
+            if core is not None:
+                # Keep the numbers, release the native side while the interpreter is alive.
+                self._last_stats = core.stats()
+                del core
             self._running = False
 
     async def _run(self) -> None:
@@ -185,12 +233,26 @@ class Runtime:
                 f"{type(processor).__name__}.content_type() must return a non-empty string, got {content_type!r}"
             )
         events, checkpoints = self._clients()
-        core = _native.Core(
-            events=events,
-            checkpoints=checkpoints,
-            content_type=content_type,
-            **self.config._native_kwargs(),
-        )
+        # The core wakes this loop by writing a byte to `wake_w` (no Rust thread ever calls
+        # into Python to do so); the loop watches `wake_r`.
+        wake_r, wake_w = socket.socketpair()
+        try:
+            wake_r.setblocking(False)
+            core = _native.Core(
+                wake_fd=wake_w.fileno(),
+                events=events,
+                checkpoints=checkpoints,
+                content_type=content_type,
+                **self.config._native_kwargs(),
+            )
+        finally:
+            wake_w.close()  # the core keeps its own duplicate
+        try:
+            await self._start(core, processor, wake_r)
+        finally:
+            wake_r.close()
+
+    async def _start(self, core: "_native.Core", processor: Any, wake_r: socket.socket) -> None:
         with self._lock:
             self._core = core
             if self._stop_requested:
@@ -200,18 +262,29 @@ class Runtime:
         except asyncio.CancelledError:
             core.abort()
             return
+        except Exception:
+            if core.stop_requested():
+                # stop() while the server was still unreachable: nothing was handled.
+                core.abort()
+                return
+            raise
         if loaded.text is not None:
             processor.load(json.loads(loaded.text))
         core.start(loaded)
         log.info("processor %s started", self.config.client_id, extra={"client_id": self.config.client_id})
-        await self._loop(core, processor)
+        loop = asyncio.get_running_loop()
+        waker = _Waker(loop, wake_r)
+        try:
+            await self._loop(core, processor, waker)
+        finally:
+            waker.close()
 
     def _cancelled(self, core: "_native.Core") -> None:
         """Cancellation between events is a graceful stop: flush, final checkpoint, return."""
         log.info("run of %s cancelled: stopping gracefully", self.config.client_id)
         core.stop()
 
-    async def _loop(self, core: "_native.Core", processor: Any) -> None:
+    async def _loop(self, core: "_native.Core", processor: Any, waker: "_Waker") -> None:
         handle = processor.handle
         flush = getattr(processor, "flush", None)
         snapshot = processor.snapshot
@@ -249,7 +322,7 @@ class Runtime:
                         self._cancelled(core)
                 elif code == A_WAIT:
                     try:
-                        await core.wait(payload)
+                        await waker.wait(payload)
                     except asyncio.CancelledError:
                         self._cancelled(core)
                 elif code == A_SNAPSHOT:

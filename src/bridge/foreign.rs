@@ -54,6 +54,24 @@ fn require(obj: &Bound<'_, PyAny>, methods: &[&str], what: &str) -> PyResult<()>
     Ok(())
 }
 
+static ANCHOR: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+
+/// Runs a client's awaitable on the processor's event loop, wrapped so that asyncio cannot
+/// garbage-collect its task while it waits (see `_aio.anchor`).
+fn schedule<'py>(
+    locals: &TaskLocals,
+    awaitable: Bound<'py, PyAny>,
+) -> PyResult<impl std::future::Future<Output = PyResult<Py<PyAny>>> + Send> {
+    let py = awaitable.py();
+    let anchor = ANCHOR.get_or_try_init(py, || {
+        py.import("memory_service_processor._aio")?
+            .getattr("anchor")
+            .map(Bound::unbind)
+    })?;
+    let wrapped = anchor.bind(py).call1((awaitable,))?;
+    pyo3_async_runtimes::into_future_with_locals(locals, wrapped)
+}
+
 fn locals(py: Python<'_>) -> PyResult<TaskLocals> {
     pyo3_async_runtimes::tokio::get_current_locals(py)
 }
@@ -110,7 +128,7 @@ impl EventSource for PyEventSource {
         let fut = Python::attach(|py| -> PyResult<_> {
             let req = request_object(py, &request)?;
             let aw = self.obj.bind(py).call_method1("subscribe", (req,))?;
-            pyo3_async_runtimes::into_future_with_locals(&self.locals, aw)
+            schedule(&self.locals, aw)
         });
         let fut = fut.map_err(|e| Python::attach(|py| classify(py, e)))?;
         let stream = fut
@@ -141,7 +159,7 @@ impl EventStream for PyEventStream {
     async fn recv(&mut self) -> Result<Option<Event>> {
         let fut = Python::attach(|py| -> PyResult<_> {
             let aw = self.obj.bind(py).call_method0("recv")?;
-            pyo3_async_runtimes::into_future_with_locals(&self.locals, aw)
+            schedule(&self.locals, aw)
         })
         .map_err(|e| Python::attach(|py| classify(py, e)))?;
         match fut.await {
@@ -202,7 +220,7 @@ impl CheckpointStore for PyCheckpointStore {
     async fn get(&self, client_id: &str) -> Result<Checkpoint> {
         let fut = Python::attach(|py| -> PyResult<_> {
             let aw = self.obj.bind(py).call_method1("get", (client_id,))?;
-            pyo3_async_runtimes::into_future_with_locals(&self.locals, aw)
+            schedule(&self.locals, aw)
         })
         .map_err(|e| Python::attach(|py| classify(py, e)))?;
         let r = fut.await;
@@ -226,7 +244,7 @@ impl CheckpointStore for PyCheckpointStore {
                 .obj
                 .bind(py)
                 .call_method1("put", (client_id, content_type, v))?;
-            pyo3_async_runtimes::into_future_with_locals(&self.locals, aw)
+            schedule(&self.locals, aw)
         })
         .map_err(|e| Python::attach(|py| classify(py, e)))?;
         let r = fut.await;

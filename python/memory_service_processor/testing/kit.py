@@ -22,6 +22,7 @@ import inspect
 import json
 import logging
 import threading
+import weakref
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from .._clients import InMemoryCheckpointStore
@@ -190,7 +191,7 @@ class InMemoryEventClient:
         self._log: List[_Stored] = []
         self._base = 1  # the cursor of _log[0]
         self._waiters: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = []
-        self._streams: "set[_InMemoryStream]" = set()
+        self._streams: "weakref.WeakSet[_InMemoryStream]" = weakref.WeakSet()
         self._subscribe_faults: List[BaseException] = []
         #: Every :class:`SubscribeRequest` received, oldest first.
         self.requests: List[SubscribeRequest] = []
@@ -254,7 +255,7 @@ class InMemoryEventClient:
 
     @property
     def open_streams(self) -> int:
-        """Streams subscribed and not yet ended."""
+        """Streams subscribed, not ended and still referenced (by a runtime, say)."""
         with self._lock:
             return len(self._streams)
 
@@ -471,8 +472,11 @@ class ProcessorRun:
         if checkpoints is None and self._server is None:
             checkpoints = InMemoryCheckpointStore()
         self.checkpoints = checkpoints
+        # The runtime sees a wrapper named like the processor's class (as its messages say).
+        cls = type(processor)
+        observed = type(cls.__name__, (_Observed,), {"__qualname__": cls.__qualname__, "__module__": cls.__module__})
         self.runtime = Runtime(
-            _Observed(processor, self), self.config, events=events, checkpoints=checkpoints, **runtime_options
+            observed(processor, self), self.config, events=events, checkpoints=checkpoints, **runtime_options
         )
         #: Business events handled so far, in order.
         self.events: List[EventEnvelope] = []

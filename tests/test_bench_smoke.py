@@ -1,0 +1,89 @@
+"""Smoke run of the benchmark (``bench/run.py``) with a few hundred events.
+
+Checks that every case runs end to end against a real LocalMemoryService process and reports
+sane counts; makes no assertion about speed (the real benchmark is ``python bench/run.py``,
+outside the test suite).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "bench" / "run.py"
+
+OURS = ["sync", "async", "data", "sync-every1000"]
+GRPCIO = ["grpcio-seed", "grpcio-every1000", "live-grpcio"]
+
+
+def _have_grpcio() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("grpc", "grpc_tools", "google.protobuf"))
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke_run_reports_every_case(tmp_path: Path) -> None:
+    cases = ["raw", *OURS, "live", "memory"]
+    if _have_grpcio():
+        cases += GRPCIO
+    out = tmp_path / "results.json"
+    events = 300
+    proc = subprocess.run(
+        [
+            sys.executable, str(RUN),
+            "--events", str(events), "--repeat", "1", "--no-pin",
+            "--memory-events", "3000", "--live-seconds", "0.3", "--live-warmup", "20",
+            "--cases", ",".join(cases), "--json", str(out),
+        ],
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "raw: Rust client, read only" in proc.stdout
+
+    report = json.loads(out.read_text())
+    assert set(report["modes"]) == {"unpinned"}
+    mode = report["modes"]["unpinned"]
+    assert mode["errors"] == {}
+    results = mode["cases"]
+    assert set(results) == set(cases)
+    assert report["machine"]["nproc"] >= 1
+
+    for case in ["raw", *OURS] + (["grpcio-seed", "grpcio-every1000"] if _have_grpcio() else []):
+        (run,) = results[case]["runs"]
+        assert run["handled"] >= events, case
+        assert run["seconds"] > 0, case
+        assert results[case]["events_per_s"] > 0, case
+        assert results[case]["peak_rss_mb"] > 0, case
+
+    for case in OURS:
+        stats = results[case]["runs"][0]["stats"]
+        assert stats["events_handled"] >= events
+        assert stats["checkpoints_written"] >= 1
+        assert stats["checkpoints_failed"] == 0
+        assert stats["batches"] >= 1
+    # The seed's rules write a checkpoint after every event.
+    if _have_grpcio():
+        assert results["grpcio-seed"]["runs"][0]["checkpoints_written"] >= events
+
+    live = results["live"]["runs"][0]
+    assert live["latency"]["count"] == live["handled"] - 20
+    assert live["latency"]["p50_us"] > 0
+
+    memory = results["memory"]
+    assert memory["runs"][0]["handled"] >= 3000
+    samples = memory["runs"][0]["rss_samples"]
+    assert samples[0][0] == 0 and samples[-1][0] >= 3000
+    assert memory["peak_rss_mb"] > 0
+
+    # Ratios and targets are computed from the medians.
+    names = {t["target"] for t in mode["targets"]}
+    assert "sync as a fraction of the raw Rust read" in names
+    assert "live p99 publish-to-handle (us)" in names

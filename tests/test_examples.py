@@ -1,0 +1,255 @@
+"""The example processors (examples/*.py) against a real LocalMemoryService, and the demo."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from conftest import cfg, run, running, wait_until
+from memory_service_processor import EventEnvelope, Runtime
+from memory_service_processor._demo import ConversationSimulator
+from memory_service_processor.testing import LocalMemoryService
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """Imports examples/<name>.py as a module (as ``run examples/<name>.py:Class`` does)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_until(runtime: Runtime, server: LocalMemoryService, last_cursor: str) -> None:
+    """Runs ``runtime`` until the server's checkpoint reaches ``last_cursor``, then stops it."""
+
+    async def go() -> None:
+        async with running(runtime):
+            await wait_until(
+                lambda: runtime.stats()["last_cursor"] == last_cursor and runtime.stats()["phase"] == "live",
+                f"cursor {last_cursor} handled",
+            )
+
+    run(go())
+    cp = server.checkpoint(runtime.config.client_id)
+    assert cp is not None and cp.value["lastEventCursor"] == last_cursor
+
+
+def entries(n: int, start: int = 0, conversations: int = 3) -> List[Tuple[str, str, Dict[str, Any]]]:
+    return [
+        ("entry", "appended", {
+            "conversation": f"c{(start + i) % conversations}", "conversation_group": "g",
+            "entry": f"e{start + i}", "entry_channel": "history",
+            "entry_role": "USER" if (start + i) % 2 == 0 else "AI",
+            "content": [{"type": "text", "text": f"message {start + i}"}],
+        })
+        for i in range(n)
+    ]
+
+
+# -- entry_counter ---------------------------------------------------------------------------------
+
+
+def test_entry_counter_counts_and_resumes(server: LocalMemoryService) -> None:
+    EntryCounter = load_example("entry_counter").EntryCounter
+    server.publish("conversation", "created", {"conversation": "c0", "conversation_group": "g"})
+    server.publish_many(entries(10))
+    last = server.publish("membership", "added", {"conversation_group": "g", "user": "u"})
+    first = EntryCounter()
+    run_until(Runtime(first, cfg("counter", after_cursor="start"), endpoint=server.endpoint), server, last)
+    assert first.count == 10 and first.by_role == {"USER": 5, "AI": 5}
+    assert server.checkpoint("counter").value == {"count": 10, "byRole": {"USER": 5, "AI": 5}, "lastEventCursor": last}
+
+    cursors = server.publish_many(entries(4, start=10))
+    second = EntryCounter()
+    run_until(Runtime(second, cfg("counter", after_cursor="start"), endpoint=server.endpoint), server, cursors[-1])
+    assert second.count == 14 and second.by_role == {"USER": 7, "AI": 7}  # loaded 10, counted 4 more
+
+
+def test_entry_counter_accepts_a_reset_state() -> None:
+    counter = load_example("entry_counter").EntryCounter()
+    counter.load({})
+    assert counter.count == 0 and counter.last_event_cursor is None
+    counter.load({"lastEventCursor": "12"})
+    assert counter.last_event_cursor == "12"
+
+
+# -- sqlite_projection -----------------------------------------------------------------------------
+
+
+def _db_rows(path: Path) -> Tuple[int, Dict[str, int], int]:
+    with sqlite3.connect(str(path)) as db:
+        rows = db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        stats = dict(db.execute("SELECT conversation, entries FROM conversation_stats").fetchall())
+        distinct = db.execute("SELECT COUNT(DISTINCT cursor) FROM entries").fetchone()[0]
+    return rows, stats, distinct
+
+
+def test_sqlite_projection_is_idempotent_across_replays(server: LocalMemoryService, tmp_path: Path) -> None:
+    SqliteProjection = load_example("sqlite_projection").SqliteProjection
+    db = tmp_path / "projection.sqlite3"
+    cursors = server.publish_many(entries(30))
+
+    first = SqliteProjection(str(db))
+    run_until(Runtime(first, cfg("sqlite", after_cursor="start"), endpoint=server.endpoint), server, cursors[-1])
+    first.close()
+    assert _db_rows(db) == (30, {"c0": 10, "c1": 10, "c2": 10}, 30)
+
+    # A crash after the commit but before the checkpoint: the checkpoint lags the database, and
+    # the runtime delivers events 11..30 again. They must change nothing.
+    server.put_checkpoint("sqlite", SqliteProjection.CONTENT_TYPE, {"lastEventCursor": cursors[9]})
+    more = server.publish_many(entries(6, start=30))
+    second = SqliteProjection(str(db))
+    run_until(Runtime(second, cfg("sqlite", after_cursor="start"), endpoint=server.endpoint), server, more[-1])
+    assert second.inserted == 6  # 20 replayed duplicates ignored
+    assert second.top_conversations(1) == [("c0", 12, 6)]
+    second.close()
+    assert _db_rows(db) == (36, {"c0": 12, "c1": 12, "c2": 12}, 36)
+
+
+def test_sqlite_projection_never_checkpoints_uncommitted_rows(tmp_path: Path) -> None:
+    """Between two flushes the snapshot keeps the committed cursor; a crash loses nothing."""
+    SqliteProjection = load_example("sqlite_projection").SqliteProjection
+    db = tmp_path / "p.sqlite3"
+    p = SqliteProjection(str(db))
+    events = [EventEnvelope("appended", "entry", __import__("json").dumps(d).encode(), str(i + 1))
+              for i, (_, _, d) in enumerate(entries(5))]
+    for e in events[:3]:
+        p.handle(e)
+    p.flush()
+    assert p.snapshot()["lastEventCursor"] == "3"
+    for e in events[3:]:
+        p.handle(e)
+    p.handle(events[4])  # a duplicate delivery
+    assert p.last_event_cursor == "5" and p.snapshot()["lastEventCursor"] == "3"
+    p.close()  # "crash": the open transaction is rolled back
+    assert _db_rows(db)[0] == 3
+
+    again = SqliteProjection(str(db))
+    again.load({"lastEventCursor": "3"})
+    for e in events[3:]:  # what the runtime re-delivers after the checkpoint
+        again.handle(e)
+    again.flush()
+    assert again.snapshot()["lastEventCursor"] == "5"
+    again.close()
+    assert _db_rows(db) == (5, {"c0": 2, "c1": 2, "c2": 1}, 5)
+
+
+def test_sqlite_projection_from_the_command_line(server: LocalMemoryService, tmp_path: Path) -> None:
+    """``run examples/sqlite_projection.py:SqliteProjection --arg path=...``, then SIGTERM."""
+    db = tmp_path / "cli.sqlite3"
+    cursors = server.publish_many(entries(25))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORY_SERVICE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memory_service_processor", "run", "examples/sqlite_projection.py:SqliteProjection",
+         "--arg", f"path={db}", "--endpoint", server.endpoint, "--client-id", "sqlite-cli",
+         "--after-cursor", "start", "--kinds", "entry", "--checkpoint-interval", "100ms"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+    def done() -> bool:
+        assert proc.poll() is None, proc.communicate()[1]
+        cp = server.checkpoint("sqlite-cli")
+        return cp is not None and cp.value.get("lastEventCursor") == cursors[-1]
+
+    try:
+        run(wait_until(done, "the projection's checkpoint at the last cursor", interval=0.02))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert _db_rows(db) == (25, {"c0": 9, "c1": 8, "c2": 8}, 25)
+
+
+# -- turn_counter and the demo ---------------------------------------------------------------------
+
+
+def test_turn_counter_matches_the_stream(server: LocalMemoryService) -> None:
+    TurnCounter = load_example("turn_counter").TurnCounter
+    sim = ConversationSimulator(conversations=20, seed=5)
+    stream = sim.opening() + sim.events(1500)
+    cursors = server.publish_many(stream)
+    counter = TurnCounter()
+    config = cfg("turns", after_cursor="start", entry_channels=["history", "memory"])
+    run_until(Runtime(counter, config, endpoint=server.endpoint), server, cursors[-1])
+
+    turns: Counter = Counter()
+    user: Counter = Counter()
+    notes: Counter = Counter()
+    for kind, _, data in stream:
+        if kind == "entry" and data["entry_channel"] == "history":
+            turns[data["conversation"]] += 1
+            user[data["conversation"]] += data["entry_role"] == "USER"
+        elif kind == "entry":
+            notes[data["conversation"]] += 1
+    assert {c: s.turns for c, s in counter.conversations.items() if s.turns} == dict(turns)
+    assert {c: s.user_turns for c, s in counter.conversations.items() if s.user_turns} == {c: n for c, n in user.items() if n}
+    assert {c: s.notes for c, s in counter.conversations.items() if s.notes} == dict(notes)
+    top = counter.busiest(3)
+    assert [s.turns for s in top] == sorted(turns.values(), reverse=True)[:3]
+    assert all(s.title for s in top) and all(counter.member_count(s) >= 1 for s in top)
+    assert counter.events_seen == len(stream)
+
+    # The checkpoint holds the whole state: a fresh counter loaded from it is the same.
+    restored = TurnCounter()
+    restored.load(server.checkpoint("turns").value)
+    assert restored.snapshot() == counter.snapshot()
+
+
+def _demo(data_dir: Path) -> "subprocess.CompletedProcess[str]":
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORY_SERVICE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "memory_service_processor", "demo", "--events", "800", "--duration", "1.5",
+         "--data-dir", str(data_dir), "--live-rate", "100"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_demo_runs_by_itself_and_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    first = _demo(tmp_path / "demo")
+    assert first.returncode == 0, first.stderr
+    out = first.stdout
+    assert "no checkpoint for demo-turn-counter yet" in out
+    assert re.search(r"^progress: phase=\w+ handled=\d+", out, re.M), out  # plain lines: not a terminal
+    assert "Busiest conversations" in out and "Summary" in out
+    saved = re.search(r"the last one is at cursor (\d+)", out)
+    assert saved, out
+    assert f"Run it again with --data-dir {tmp_path / 'demo'}" in out
+
+    second = _demo(tmp_path / "demo")
+    assert second.returncode == 0, second.stderr
+    assert f"resuming demo-turn-counter from its checkpoint at cursor {saved.group(1)}" in second.stdout
+    assert f"resumed      from cursor {saved.group(1)}" in second.stdout
+
+    with LocalMemoryService(data_dir=tmp_path / "demo") as server:
+        cp = server.checkpoint("demo-turn-counter")
+        assert cp is not None
+        # Every published event was counted exactly once over the two runs.
+        assert cp.value["eventsSeen"] == int(cp.value["lastEventCursor"])
+
+
+def test_examples_shipped_with_the_package_match_the_repository() -> None:
+    """The demo needs examples/turn_counter.py at run time. If the installed package carries
+    copies (memory_service_processor/examples/), they must be the repository's files."""
+    import memory_service_processor
+
+    shipped = Path(memory_service_processor.__file__).resolve().parent / "examples"
+    if not (shipped / "turn_counter.py").is_file():
+        pytest.skip("the examples are not shipped inside the package: ship them in the wheel so that `demo` works without a checkout")
+    for name in ("entry_counter.py", "sqlite_projection.py", "turn_counter.py"):
+        assert (shipped / name).read_bytes() == (EXAMPLES / name).read_bytes(), f"{name} differs from examples/{name}"
