@@ -29,7 +29,6 @@ from ._cli import (
     _start_metrics,
     load_processor,
     resolve_options,
-    settle_native,
 )
 from ._config import Config
 
@@ -520,7 +519,6 @@ def _demo_with_server(
     try:
         asyncio.run(main())
     finally:
-        settle_native()
         display.close()
         if metrics is not None:
             metrics.close()

@@ -1,0 +1,1 @@
+../../../examples/turn_counter.py
