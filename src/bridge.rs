@@ -392,41 +392,56 @@ impl PyEventEnvelope {
 // ------------------------------------------------------------------------------------------
 // Connection options and the gRPC clients
 
-#[allow(clippy::too_many_arguments)]
-fn connect_options(
+/// A (lazily) connected channel with its auth metadata, shared by the native clients.
+/// Built from `ConnectionOptions`; never shows its secrets.
+#[pyclass(frozen, module = "memory_service_processor._native")]
+pub struct NativeConnection {
+    conn: Connection,
     endpoint: String,
-    api_key: Option<String>,
-    bearer_token: Option<String>,
-    client_id: Option<String>,
-    tls_ca_file: Option<PathBuf>,
-    tls_server_name: Option<String>,
-    keepalive_interval: f64,
-    keepalive_timeout: f64,
-    connect_timeout: f64,
-    request_timeout: f64,
-    max_message_size: usize,
-) -> PyResult<ConnectOptions> {
-    if max_message_size == 0 {
-        return Err(PyValueError::new_err("max_message_size must be at least 1"));
-    }
-    Ok(ConnectOptions {
-        endpoint,
-        api_key,
-        bearer_token,
-        client_id,
-        tls_ca_file,
-        tls_server_name,
-        keepalive_interval: secs(keepalive_interval, "keepalive_interval")?,
-        keepalive_timeout: secs(keepalive_timeout, "keepalive_timeout")?,
-        connect_timeout: secs(connect_timeout, "connect_timeout")?,
-        request_timeout: secs(request_timeout, "request_timeout")?,
-        max_message_size,
-    })
 }
 
-fn connect(opts: &ConnectOptions) -> PyResult<Connection> {
-    let _guard = runtime().enter();
-    Connection::new(opts).map_err(to_py_err)
+#[pymethods]
+impl NativeConnection {
+    #[new]
+    #[pyo3(signature = (endpoint, api_key=None, bearer_token=None, client_id=None, tls_ca_file=None, tls_server_name=None, keepalive_interval=20.0, keepalive_timeout=10.0, connect_timeout=10.0, request_timeout=30.0, max_message_size=4194304))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        endpoint: String,
+        api_key: Option<String>,
+        bearer_token: Option<String>,
+        client_id: Option<String>,
+        tls_ca_file: Option<PathBuf>,
+        tls_server_name: Option<String>,
+        keepalive_interval: f64,
+        keepalive_timeout: f64,
+        connect_timeout: f64,
+        request_timeout: f64,
+        max_message_size: usize,
+    ) -> PyResult<Self> {
+        if max_message_size == 0 {
+            return Err(PyValueError::new_err("max_message_size must be at least 1"));
+        }
+        let opts = ConnectOptions {
+            endpoint: endpoint.clone(),
+            api_key,
+            bearer_token,
+            client_id,
+            tls_ca_file,
+            tls_server_name,
+            keepalive_interval: secs(keepalive_interval, "keepalive_interval")?,
+            keepalive_timeout: secs(keepalive_timeout, "keepalive_timeout")?,
+            connect_timeout: secs(connect_timeout, "connect_timeout")?,
+            request_timeout: secs(request_timeout, "request_timeout")?,
+            max_message_size,
+        };
+        let _guard = runtime().enter();
+        let conn = Connection::new(&opts).map_err(to_py_err)?;
+        Ok(NativeConnection { conn, endpoint })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("NativeConnection(endpoint={:?})", self.endpoint)
+    }
 }
 
 /// Native `AdminCheckpointService` client (wrapped by `GrpcCheckpointClient`).
@@ -456,38 +471,11 @@ fn checkpoint_tuple(py: Python<'_>, cp: Checkpoint) -> PyResult<Py<PyAny>> {
 #[pymethods]
 impl NativeCheckpointClient {
     #[new]
-    #[pyo3(signature = (endpoint, api_key=None, bearer_token=None, client_id=None, tls_ca_file=None, tls_server_name=None, keepalive_interval=20.0, keepalive_timeout=10.0, connect_timeout=10.0, request_timeout=30.0, max_message_size=4194304))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        endpoint: String,
-        api_key: Option<String>,
-        bearer_token: Option<String>,
-        client_id: Option<String>,
-        tls_ca_file: Option<PathBuf>,
-        tls_server_name: Option<String>,
-        keepalive_interval: f64,
-        keepalive_timeout: f64,
-        connect_timeout: f64,
-        request_timeout: f64,
-        max_message_size: usize,
-    ) -> PyResult<Self> {
-        let opts = connect_options(
-            endpoint.clone(),
-            api_key,
-            bearer_token,
-            client_id,
-            tls_ca_file,
-            tls_server_name,
-            keepalive_interval,
-            keepalive_timeout,
-            connect_timeout,
-            request_timeout,
-            max_message_size,
-        )?;
-        Ok(NativeCheckpointClient {
-            inner: Arc::new(GrpcCheckpointStore::new(connect(&opts)?)),
-            endpoint,
-        })
+    fn new(connection: &NativeConnection) -> Self {
+        NativeCheckpointClient {
+            inner: Arc::new(GrpcCheckpointStore::new(connection.conn.clone())),
+            endpoint: connection.endpoint.clone(),
+        }
     }
 
     /// Awaitable: `(client_id, content_type, value_json, updated_at_unix | None)`.
@@ -567,38 +555,11 @@ fn subscribe_request(d: &Bound<'_, PyDict>) -> PyResult<SubscribeRequest> {
 #[pymethods]
 impl NativeEventClient {
     #[new]
-    #[pyo3(signature = (endpoint, api_key=None, bearer_token=None, client_id=None, tls_ca_file=None, tls_server_name=None, keepalive_interval=20.0, keepalive_timeout=10.0, connect_timeout=10.0, request_timeout=30.0, max_message_size=4194304))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        endpoint: String,
-        api_key: Option<String>,
-        bearer_token: Option<String>,
-        client_id: Option<String>,
-        tls_ca_file: Option<PathBuf>,
-        tls_server_name: Option<String>,
-        keepalive_interval: f64,
-        keepalive_timeout: f64,
-        connect_timeout: f64,
-        request_timeout: f64,
-        max_message_size: usize,
-    ) -> PyResult<Self> {
-        let opts = connect_options(
-            endpoint.clone(),
-            api_key,
-            bearer_token,
-            client_id,
-            tls_ca_file,
-            tls_server_name,
-            keepalive_interval,
-            keepalive_timeout,
-            connect_timeout,
-            request_timeout,
-            max_message_size,
-        )?;
-        Ok(NativeEventClient {
-            inner: Arc::new(GrpcEventSource::new(connect(&opts)?)),
-            endpoint,
-        })
+    fn new(connection: &NativeConnection) -> Self {
+        NativeEventClient {
+            inner: Arc::new(GrpcEventSource::new(connection.conn.clone())),
+            endpoint: connection.endpoint.clone(),
+        }
     }
 
     /// Awaitable: opens a subscription (a dict of `SubscribeRequest` fields); resolves to a
@@ -1145,7 +1106,10 @@ fn bench_raw_read(
         api_key,
         ..ConnectOptions::default()
     };
-    let conn = connect(&opts)?;
+    let conn = {
+        let _guard = runtime().enter();
+        Connection::new(&opts).map_err(to_py_err)?
+    };
     let result = py.detach(|| {
         runtime().block_on(async move {
             let source = GrpcEventSource::new(conn);
@@ -1242,6 +1206,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyo3_async_runtimes::tokio::init(builder);
     install_logging(m.py())?;
     m.add_class::<PyEventEnvelope>()?;
+    m.add_class::<NativeConnection>()?;
     m.add_class::<NativeCheckpointClient>()?;
     m.add_class::<NativeEventClient>()?;
     m.add_class::<NativeEventStream>()?;

@@ -46,6 +46,7 @@ class ConnectionOptions:
         "connect_timeout",
         "request_timeout",
         "max_message_size",
+        "_connection",
     )
 
     def __init__(
@@ -84,9 +85,9 @@ class ConnectionOptions:
         self.request_timeout = parse_duration(request_timeout, "request_timeout")
         self.max_message_size = max_message_size
         # Refuse a malformed endpoint (or a secret that cannot be sent as metadata) here, naming
-        # it, rather than at the first connection: the native layer parses the endpoint exactly
-        # as it will when connecting. Building a client is cheap; connecting stays lazy.
-        _native.NativeCheckpointClient(**self._native_kwargs())
+        # it, rather than at the first connection. Connecting stays lazy; the channel is shared
+        # by every client built from these options.
+        self._connection = _native.NativeConnection(**self._native_kwargs())
 
     def _native_kwargs(self) -> Dict[str, Any]:
         return {
@@ -130,7 +131,7 @@ class GrpcCheckpointClient:
 
     def __init__(self, endpoint: Union[str, ConnectionOptions], **options: Any) -> None:
         self.options = _options(endpoint, options)
-        self._native = _native.NativeCheckpointClient(**self.options._native_kwargs())
+        self._native = _native.NativeCheckpointClient(self.options._connection)
 
     async def get(self, client_id: str) -> Checkpoint:
         """The stored checkpoint; raises :class:`CheckpointNotFoundError` if there is none."""
@@ -170,7 +171,7 @@ class GrpcEventClient:
 
     def __init__(self, endpoint: Union[str, ConnectionOptions], **options: Any) -> None:
         self.options = _options(endpoint, options)
-        self._native = _native.NativeEventClient(**self.options._native_kwargs())
+        self._native = _native.NativeEventClient(self.options._connection)
 
     async def subscribe(self, request: SubscribeRequest) -> GrpcEventStream:
         """Opens a subscription."""

@@ -16,6 +16,7 @@ __all__ = [
     "EventEnvelope",
     "LoadResult",
     "NativeCheckpointClient",
+    "NativeConnection",
     "NativeEventClient",
     "NativeEventStream",
     "NativeServer",
@@ -63,7 +64,7 @@ class EventEnvelope:
     def __hash__(self) -> int: ...
 
 @final
-class NativeCheckpointClient:
+class NativeConnection:
     def __new__(
         cls,
         endpoint: str,
@@ -77,7 +78,11 @@ class NativeCheckpointClient:
         connect_timeout: float = 10.0,
         request_timeout: float = 30.0,
         max_message_size: int = 4194304,
-    ) -> "NativeCheckpointClient": ...
+    ) -> "NativeConnection": ...
+
+@final
+class NativeCheckpointClient:
+    def __new__(cls, connection: NativeConnection) -> "NativeCheckpointClient": ...
     def get(self, client_id: str) -> Awaitable[_CheckpointTuple]: ...
     def put(self, client_id: str, content_type: str, value_json: str) -> Awaitable[_CheckpointTuple]: ...
 
@@ -88,20 +93,7 @@ class NativeEventStream:
 
 @final
 class NativeEventClient:
-    def __new__(
-        cls,
-        endpoint: str,
-        api_key: Optional[str] = None,
-        bearer_token: Optional[str] = None,
-        client_id: Optional[str] = None,
-        tls_ca_file: Optional[str] = None,
-        tls_server_name: Optional[str] = None,
-        keepalive_interval: float = 20.0,
-        keepalive_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
-        request_timeout: float = 30.0,
-        max_message_size: int = 4194304,
-    ) -> "NativeEventClient": ...
+    def __new__(cls, connection: NativeConnection) -> "NativeEventClient": ...
     def subscribe(self, request: Dict[str, Any]) -> Awaitable[NativeEventStream]: ...
 
 @final
