@@ -3,7 +3,7 @@
 what was published, with no sleeps or polling in the test, then hand back its state and stored
 checkpoint; ``InMemoryEventClient`` is an event source without a server.
 
-The first tests are written the way a processor author would write them (see docs/testing.md).
+The first tests are written the way a processor author would write them (see the README's "Testing your processor").
 """
 
 from __future__ import annotations
@@ -432,10 +432,11 @@ def test_runtime_retries_the_in_memory_faults_and_resumes_without_loss():
 
 
 def test_the_documented_example_runs_as_written():
-    """docs/testing.md (the README section): its code block is a working test, under 20 lines."""
-    text = (Path(__file__).resolve().parent.parent / "docs" / "testing.md").read_text(encoding="utf-8")
+    """The README's "Testing your processor" section: its code block is a working test, under 20 lines."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    text = readme[readme.index("## Testing your processor"):]
     code = text.split("```python\n", 1)[1].split("```", 1)[0]
     assert len(code.strip().splitlines()) < 20
     namespace: dict = {"__name__": "docs_example"}
-    exec(compile(code, "docs/testing.md", "exec"), namespace)
+    exec(compile(code, "README.md", "exec"), namespace)
     namespace["test_counts_entries_and_resumes"]()
