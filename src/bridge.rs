@@ -737,7 +737,9 @@ impl Core {
         let socket = {
             use std::os::fd::BorrowedFd;
             if wake_fd < 0 {
-                return Err(PyValueError::new_err("wake_fd must be an open socket descriptor"));
+                return Err(PyValueError::new_err(
+                    "wake_fd must be an open socket descriptor",
+                ));
             }
             // SAFETY: the caller passes the descriptor of a socket it keeps open for the
             // duration of this call; we only duplicate it.
@@ -1191,6 +1193,28 @@ fn install_logging(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
+/// Our threads never take SIGINT/SIGTERM: the kernel then delivers them to a Python thread,
+/// which runs the Python-level handler promptly (a signal caught by one of our threads would
+/// only set Python's flag while the main thread sleeps in the event loop).
+fn block_process_signals() {
+    // SAFETY: plain libc calls on a zeroed, initialised signal set owned by this frame.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let workers = std::env::var("MEMORY_SERVICE_PROCESSOR_THREADS")
@@ -1202,6 +1226,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     builder
         .worker_threads(workers)
         .thread_name("msp-core")
+        .on_thread_start(block_process_signals)
         .enable_all();
     pyo3_async_runtimes::tokio::init(builder);
     install_logging(m.py())?;

@@ -74,7 +74,8 @@ impl Stats {
             return;
         }
         self.handle_ns_total.fetch_add(nanos, Relaxed);
-        self.handle_ns_max.fetch_max(nanos.div_ceil(events), Relaxed);
+        self.handle_ns_max
+            .fetch_max(nanos.div_ceil(events), Relaxed);
         self.batches.fetch_add(1, Relaxed);
     }
 
