@@ -92,6 +92,7 @@ class Counter(EventProcessor):
         self.on_target: Callable[[], None] = lambda: None
 
     def load(self, state: Any) -> None:
+        """Restores the cursor and the count."""
         super().load(state)
         if isinstance(state, dict):
             self.count = int(state.get("count", 0))
@@ -104,6 +105,7 @@ class Counter(EventProcessor):
             self.on_target()
 
     def snapshot(self) -> Dict[str, Any]:
+        """``{"lastEventCursor": ..., "count": ...}``."""
         return {"lastEventCursor": self.last_event_cursor, "count": self.count}
 
 
@@ -157,15 +159,22 @@ class SleepyCounter(Counter):
 
 
 class LatencyCounter(Counter):
-    """Records publish-to-handle latency from the ``t_ns`` the publisher embeds in ``data``."""
+    """Records publish-to-handle latency from the ``t_ns`` the publisher embeds in ``data``.
+
+    Also splits it in two with the wall clock: publish to the Rust stream task's receipt
+    (``event.time``, stamped when the message is decoded) and receipt to ``handle``.
+    """
 
     def __init__(self, target: int) -> None:
         super().__init__(target)
         self.latencies_ns: List[int] = []
+        self.to_receipt_ns: List[int] = []
 
     def handle(self, event: Any) -> None:
         now = time.perf_counter_ns()
-        self.latencies_ns.append(now - event.data["t_ns"])
+        data = event.data
+        self.latencies_ns.append(now - data["t_ns"])
+        self.to_receipt_ns.append(int(event.time.timestamp() * 1e9) - data["t_wall_ns"])
         super().handle(event)
 
 
@@ -209,6 +218,7 @@ def latency_summary(latencies_ns: List[int], warmup: int) -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Runs one case and prints its JSON line."""
     p = argparse.ArgumentParser(prog="bench/cases.py")
     p.add_argument("case")
     p.add_argument("--endpoint", required=True)
@@ -224,8 +234,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if a.case in ("grpcio-seed", "grpcio-every1000", "live-grpcio"):
         if not a.stubs:
             p.error("--stubs is required for the grpcio cases")
-        import grpc  # noqa: F401 - imported before the CPU accounting starts
+        import importlib
+
         import grpcio_baseline as gb
+
+        importlib.import_module("grpc")  # imported before the CPU accounting starts
 
         gb.load_stubs(a.stubs)
     cpu0 = thread_cpu_ns()
@@ -249,6 +262,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = Config(client_id=cid)  # no after_cursor: tail only, as a live processor would
         out.update(asyncio.run(run_ours(a.endpoint, proc, cfg)))
         out["latency"] = latency_summary(proc.latencies_ns, a.warmup)
+        out["latency_to_receipt"] = latency_summary(proc.to_receipt_ns, a.warmup)
+        out["latency_receipt_to_handle"] = latency_summary(
+            [t - r for t, r in zip(proc.latencies_ns, proc.to_receipt_ns)], a.warmup)
     elif a.case in ("grpcio-seed", "grpcio-every1000", "live-grpcio"):
         if a.case == "live-grpcio":
             lproc = gb.LatencyCounter(n, lambda: None)

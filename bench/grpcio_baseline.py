@@ -122,20 +122,24 @@ class Counter:
         self.on_target = on_target
 
     def load(self, state: Any) -> None:
+        """Restores from a checkpoint value."""
         if isinstance(state, dict):
             self.last_event_cursor = state.get("lastEventCursor") or None
             self.count = int(state.get("count", 0))
 
     def handle(self, event: Any) -> None:
+        """Counts the event and keeps its cursor."""
         self.count += 1
         self.last_event_cursor = event.cursor
         if self.count == self.target:
             self.on_target()
 
     def snapshot(self) -> Dict[str, Any]:
+        """The checkpoint value."""
         return {"lastEventCursor": self.last_event_cursor, "count": self.count}
 
     def flush(self) -> None:
+        """Nothing to flush."""
         return None
 
 
@@ -147,6 +151,7 @@ class LatencyCounter(Counter):
         self.latencies_ns: List[int] = []
 
     def handle(self, event: Any) -> None:
+        """Records the latency, then counts."""
         now = time.perf_counter_ns()
         self.latencies_ns.append(now - json.loads(event.data)["t_ns"])
         super().handle(event)
@@ -177,7 +182,7 @@ async def run_loop(
     writes = 0
 
     def on_target() -> None:
-        nonlocal done, t_done
+        nonlocal done
         done = True
 
     processor.on_target = on_target

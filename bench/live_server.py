@@ -7,8 +7,10 @@ from this thread at ``rate`` events/s (each on an absolute schedule, so a late o
 shift the others). Each event's ``data`` carries ``t_ns = time.perf_counter_ns()`` taken just
 before ``publish()``; ``perf_counter_ns`` is ``CLOCK_MONOTONIC`` on Linux, one clock for every
 process of the machine, so the processor process computes publish-to-handle latency as
-``perf_counter_ns() - t_ns``. Prints ``PUBLISHED <n> <late>`` when done, then serves until
-SIGTERM/SIGINT (the processor writes its final checkpoint here).
+``perf_counter_ns() - t_ns``. ``t_wall_ns`` (``time.time_ns()``) lets it split that at the
+moment of receipt, which the runtime stamps with the wall clock (``event.time``). Prints
+``PUBLISHED <n> <late>`` when done, then serves until SIGTERM/SIGINT (the processor writes
+its final checkpoint here).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from memory_service_processor.testing.events import synthetic_entries
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Serves, publishes on schedule once subscribed, then serves until signalled."""
     p = argparse.ArgumentParser(prog="bench/live_server.py")
     p.add_argument("--rate", type=float, default=1000.0, help="events per second")
     p.add_argument("--count", type=int, default=5000, help="events measured")
@@ -63,6 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif now - due > period_ns:
             late += 1
         data["seq"] = i
+        data["t_wall_ns"] = time.time_ns()
         data["t_ns"] = perf_ns()
         publish(kind, event, data)
     print(f"PUBLISHED {total} {late}", flush=True)

@@ -58,6 +58,7 @@ TARGETS = {
 
 
 def log(msg: str) -> None:
+    """Progress to stderr (the table goes to stdout)."""
     sys.stderr.write(msg + "\n")
     sys.stderr.flush()
 
@@ -67,6 +68,7 @@ def log(msg: str) -> None:
 
 
 def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -78,6 +80,7 @@ def cpu_model() -> str:
 
 
 def versions() -> Dict[str, str]:
+    """Installed versions of the package and the baseline's dependencies."""
     out: Dict[str, str] = {}
     try:
         from importlib.metadata import PackageNotFoundError, version
@@ -92,6 +95,7 @@ def versions() -> Dict[str, str]:
 
 
 def machine() -> Dict[str, Any]:
+    """What the results were measured on."""
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_count": os.cpu_count(),
@@ -147,6 +151,7 @@ class Server:
         self.endpoint = ready["endpoint"]
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 15 s."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -224,12 +229,16 @@ def run_child(cmd: List[str], cpus: Optional[Sequence[int]], timeout: float) -> 
 
 
 class Bench:
+    """Runs the cases of one invocation; numbers client ids so every run starts fresh."""
+
     def __init__(self, args: argparse.Namespace, stubs: Optional[str]) -> None:
+        """``stubs``: root of the generated grpc stubs (None when no grpcio case runs)."""
         self.a = args
         self.stubs = stubs
         self.seq = 0
 
     def client_id(self, case: str, mode: str) -> str:
+        """A client id never used before, so each run replays from the start."""
         self.seq += 1
         return f"bench-{mode}-{case}-{os.getpid()}-{self.seq}"
 
@@ -242,11 +251,13 @@ class Bench:
         return cmd
 
     def events_for(self, case: str) -> int:
+        """Events a case handles (``--seed-events`` may cap the slow seed-rules loop)."""
         if case == "grpcio-seed" and self.a.seed_events:
             return min(self.a.seed_events, self.a.events)
         return self.a.events
 
     def run_live(self, case: str, mode: str, server_cpus: Optional[List[int]], client_cpus: Optional[List[int]]) -> Dict[str, Any]:
+        """One live-latency run: a fresh publisher process, then the processor process."""
         a = self.a
         count = max(1, int(a.live_rate * a.live_seconds))
         warmup = a.live_warmup
@@ -262,6 +273,7 @@ class Bench:
             server.stop()
 
     def run_mode(self, mode: str, cases: List[str]) -> Dict[str, Any]:
+        """Every case, ``--repeat`` times interleaved, with one CPU placement; summarized."""
         a = self.a
         cpus = sorted(os.sched_getaffinity(0))
         if mode == "pinned":
@@ -327,6 +339,7 @@ class Bench:
 
 
 def describe(r: Dict[str, Any]) -> str:
+    """One progress line for a run."""
     parts = []
     if "latency" in r:
         lat = r["latency"]
@@ -342,11 +355,13 @@ def describe(r: Dict[str, Any]) -> str:
 
 
 def median(xs: List[float]) -> Optional[float]:
+    """Median, or None for no values."""
     return statistics.median(xs) if xs else None
 
 
 def summarize(mode: str, cases: List[str], results: Dict[str, List[Dict[str, Any]]], errors: Dict[str, str],
               server_cpus: Optional[List[int]], client_cpus: Optional[List[int]]) -> Dict[str, Any]:
+    """Medians, peak RSS, CPU per event and targets of one placement's runs."""
     out: Dict[str, Any] = {
         "placement": {"server_cpus": server_cpus, "processor_cpus": client_cpus},
         "cases": {},
@@ -358,7 +373,7 @@ def summarize(mode: str, cases: List[str], results: Dict[str, List[Dict[str, Any
         if runs:
             s["events_per_s"] = median([r["handled"] / r["seconds"] for r in runs if r.get("seconds")])
             s["peak_rss_mb"] = max(r["peak_rss_kb"] for r in runs) / 1024.0
-            stats = [r.get("stats") for r in runs if r.get("stats")]
+            stats: List[Dict[str, Any]] = [r["stats"] for r in runs if r.get("stats")]
             if stats:
                 s["avg_batch"] = median([st["events_handled"] / st["batches"] for st in stats if st.get("batches")])
                 s["checkpoints_written"] = median([st["checkpoints_written"] for st in stats])
@@ -369,6 +384,11 @@ def summarize(mode: str, cases: List[str], results: Dict[str, List[Dict[str, Any
                     vals = [r["latency"][k] for r in runs if k in r["latency"]]
                     if vals:
                         s[k] = median(vals)
+                for part in ("latency_to_receipt", "latency_receipt_to_handle"):
+                    for k in ("p50_us", "p99_us"):
+                        vals = [r[part][k] for r in runs if k in r.get(part, {})]
+                        if vals:
+                            s[f"{part}_{k}"] = median(vals)
             prof = [r for r in runs if r.get("thread_cpu_s") and r.get("handled")]
             if prof:
                 def per_event(f: Any) -> Optional[float]:
@@ -399,12 +419,14 @@ def summarize(mode: str, cases: List[str], results: Dict[str, List[Dict[str, Any
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    """a / b, or None when either is unknown."""
     if a is None or b is None or b == 0:
         return None
     return a / b
 
 
 def targets(c: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The issue's targets, evaluated on the medians of one placement."""
     def eps(name: str) -> Optional[float]:
         return c.get(name, {}).get("events_per_s")
 
@@ -436,10 +458,12 @@ def targets(c: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 def fmt(v: Optional[float], spec: str, suffix: str = "") -> str:
+    """Formats a number, ``-`` when unknown."""
     return "-" if v is None else format(v, spec) + suffix
 
 
 def table(mode: str, summary: Dict[str, Any], cases: List[str]) -> str:
+    """The Markdown table, CPU profile and targets of one placement."""
     c = summary["cases"]
     seed = c.get("grpcio-seed", {}).get("events_per_s")
     k1000 = c.get("grpcio-every1000", {}).get("events_per_s")
@@ -457,6 +481,11 @@ def table(mode: str, summary: Dict[str, Any], cases: List[str]) -> str:
             ev = "live"
             notes.append(f"p50 {fmt(s.get('p50_us'), '.0f')} us, p99 {fmt(s.get('p99_us'), '.0f')} us, "
                          f"max {fmt(s.get('max_us'), '.0f')} us")
+            if s.get("latency_to_receipt_p99_us") is not None:
+                notes.append(f"to Rust receipt p50/p99 {fmt(s.get('latency_to_receipt_p50_us'), '.0f')}/"
+                             f"{fmt(s.get('latency_to_receipt_p99_us'), '.0f')} us, then to handle "
+                             f"{fmt(s.get('latency_receipt_to_handle_p50_us'), '.0f')}/"
+                             f"{fmt(s.get('latency_receipt_to_handle_p99_us'), '.0f')} us")
             xs = x1 = pr = ""
         else:
             ev = fmt(e, ",.0f")
@@ -517,6 +546,7 @@ def table(mode: str, summary: Dict[str, Any], cases: List[str]) -> str:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    """Command-line options, with ``--quick`` defaults applied."""
     p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--events", type=int, default=None, help="preloaded events replayed per case (default 200,000)")
     p.add_argument("--repeat", type=int, default=None, help="runs per case; medians are reported (default 3)")
@@ -552,6 +582,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the benchmark; exit status 1 if a case failed."""
     a = parse_args(argv)
     cases: List[str] = a.case_list
     stubs = None

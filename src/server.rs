@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use log::{info, warn};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
 
 use crate::error::{code_from_name, Error, Result};
@@ -402,7 +402,9 @@ impl LocalMemoryService {
             self.state
                 .bound_port
                 .store(u64::from(local.port()), Ordering::SeqCst);
-            let incoming = TcpListenerStream::new(listener);
+            // (Server::tcp_nodelay does not apply to a listener we bind ourselves.)
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let done = tokio::spawn(async move {
                 if let Err(e) = router
                     .serve_with_incoming_shutdown(incoming, shutdown)
