@@ -256,15 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--data-dir", metavar="DIR", help="keep the service's outbox and checkpoints here "
                       "(default: a temporary directory, removed at exit)")
-    demo.add_argument("--events", type=_positive_int("--events"), default=10_000, metavar="N",
+    demo.add_argument("--events", type=_int_at_least("--events", 1), default=10_000, metavar="N",
                       help="events to publish before the processor starts (default 10000)")
     demo.add_argument("--duration", type=_duration_arg("--duration"), default=10.0, metavar="DURATION",
                       help="how long the processor runs, replay and live trickle together (default 10s)")
-    demo.add_argument("--live-rate", type=_nonneg_int("--live-rate"), default=40, metavar="N",
+    demo.add_argument("--live-rate", type=_int_at_least("--live-rate", 0), default=40, metavar="N",
                       help="events per second published during the live phase (default 40)")
     demo.add_argument("--client-id", default="demo-turn-counter", metavar="ID",
                       help="the demo processor's client id (default demo-turn-counter)")
-    demo.add_argument("--top", type=_positive_int("--top"), default=5, metavar="N",
+    demo.add_argument("--top", type=_int_at_least("--top", 1), default=5, metavar="N",
                       help="busiest conversations to list (default 5)")
     demo.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                       help="progress display: auto (a bar on a terminal, lines otherwise), bar, lines, none")
@@ -302,27 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive_int(name: str) -> Callable[[str], int]:
+def _int_at_least(name: str, minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum``, with a one-line error naming ``name``."""
+
     def conv(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {v}")
-        return v
-
-    return conv
-
-
-def _nonneg_int(name: str) -> Callable[[str], int]:
-    def conv(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must not be negative, got {v}")
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be at least {minimum}, got {v}")
         return v
 
     return conv
