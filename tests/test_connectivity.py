@@ -9,7 +9,7 @@ import ipaddress
 import socket
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import pytest
 

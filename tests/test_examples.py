@@ -1,4 +1,6 @@
-"""The example processors (examples/*.py) against a real LocalMemoryService, and the demo."""
+"""The example processors (examples/*.py) against a real LocalMemoryService, and the demo.
+
+They run through the testing kit (`run_until_handled`), as a processor author's tests would."""
 
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from conftest import cfg, run, running, wait_until
-from memory_service_processor import EventEnvelope, Runtime
+from conftest import cfg, run, wait_until
+from memory_service_processor import Config, EventEnvelope
 from memory_service_processor._demo import ConversationSimulator
-from memory_service_processor.testing import LocalMemoryService
+from memory_service_processor.testing import LocalMemoryService, run_until_handled
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -35,19 +37,11 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
-def run_until(runtime: Runtime, server: LocalMemoryService, last_cursor: str) -> None:
-    """Runs ``runtime`` until the server's checkpoint reaches ``last_cursor``, then stops it."""
-
-    async def go() -> None:
-        async with running(runtime):
-            await wait_until(
-                lambda: runtime.stats()["last_cursor"] == last_cursor and runtime.stats()["phase"] == "live",
-                f"cursor {last_cursor} handled",
-            )
-
-    run(go())
-    cp = server.checkpoint(runtime.config.client_id)
-    assert cp is not None and cp.value["lastEventCursor"] == last_cursor
+def run_until(processor: Any, server: LocalMemoryService, config: Config, last_cursor: str) -> None:
+    """Runs ``processor`` with the testing kit until it has handled ``last_cursor``, then stops it
+    gracefully; the stored checkpoint then covers ``last_cursor``."""
+    result = run(run_until_handled(processor, server, config, until_cursor=last_cursor))
+    assert result.checkpoint is not None and result.checkpoint.value["lastEventCursor"] == last_cursor
 
 
 def entries(n: int, start: int = 0, conversations: int = 3) -> List[Tuple[str, str, Dict[str, Any]]]:
@@ -71,13 +65,13 @@ def test_entry_counter_counts_and_resumes(server: LocalMemoryService) -> None:
     server.publish_many(entries(10))
     last = server.publish("membership", "added", {"conversation_group": "g", "user": "u"})
     first = EntryCounter()
-    run_until(Runtime(first, cfg("counter", after_cursor="start"), endpoint=server.endpoint), server, last)
+    run_until(first, server, cfg("counter", after_cursor="start"), last)
     assert first.count == 10 and first.by_role == {"USER": 5, "AI": 5}
     assert server.checkpoint("counter").value == {"count": 10, "byRole": {"USER": 5, "AI": 5}, "lastEventCursor": last}
 
     cursors = server.publish_many(entries(4, start=10))
     second = EntryCounter()
-    run_until(Runtime(second, cfg("counter", after_cursor="start"), endpoint=server.endpoint), server, cursors[-1])
+    run_until(second, server, cfg("counter", after_cursor="start"), cursors[-1])
     assert second.count == 14 and second.by_role == {"USER": 7, "AI": 7}  # loaded 10, counted 4 more
 
 
@@ -106,7 +100,7 @@ def test_sqlite_projection_is_idempotent_across_replays(server: LocalMemoryServi
     cursors = server.publish_many(entries(30))
 
     first = SqliteProjection(str(db))
-    run_until(Runtime(first, cfg("sqlite", after_cursor="start"), endpoint=server.endpoint), server, cursors[-1])
+    run_until(first, server, cfg("sqlite", after_cursor="start"), cursors[-1])
     first.close()
     assert _db_rows(db) == (30, {"c0": 10, "c1": 10, "c2": 10}, 30)
 
@@ -115,7 +109,7 @@ def test_sqlite_projection_is_idempotent_across_replays(server: LocalMemoryServi
     server.put_checkpoint("sqlite", SqliteProjection.CONTENT_TYPE, {"lastEventCursor": cursors[9]})
     more = server.publish_many(entries(6, start=30))
     second = SqliteProjection(str(db))
-    run_until(Runtime(second, cfg("sqlite", after_cursor="start"), endpoint=server.endpoint), server, more[-1])
+    run_until(second, server, cfg("sqlite", after_cursor="start"), more[-1])
     assert second.inserted == 6  # 20 replayed duplicates ignored
     assert second.top_conversations(1) == [("c0", 12, 6)]
     second.close()
@@ -186,7 +180,7 @@ def test_turn_counter_matches_the_stream(server: LocalMemoryService) -> None:
     cursors = server.publish_many(stream)
     counter = TurnCounter()
     config = cfg("turns", after_cursor="start", entry_channels=["history", "memory"])
-    run_until(Runtime(counter, config, endpoint=server.endpoint), server, cursors[-1])
+    run_until(counter, server, config, cursors[-1])
 
     turns: Counter = Counter()
     user: Counter = Counter()

@@ -21,7 +21,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List
 
 import pytest
 

@@ -17,7 +17,7 @@ import textwrap
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 

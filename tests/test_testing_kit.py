@@ -18,13 +18,11 @@ import pytest
 from conftest import ADMIN_KEY, AsyncRecorder, Recorder, cfg, run
 from memory_service_processor import (
     Checkpoint,
-    CheckpointNotFoundError,
     Config,
     EventEnvelope,
     FileCheckpointStore,
     InMemoryCheckpointStore,
     ServerStatusError,
-    StaleCursorError,
     SubscribeRequest,
     TransientError,
 )

@@ -6,10 +6,9 @@ import asyncio
 import inspect
 import json
 import logging
-import os
 import socket
 import threading
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional
 
 from . import _native
 from ._clients import ConnectionOptions, GrpcCheckpointClient, GrpcEventClient
