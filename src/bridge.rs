@@ -860,7 +860,6 @@ impl Core {
         d.set_item("last_checkpoint_age", age)?;
         let depth = py.detach(|| lock(&self.driver).buffer_depth());
         d.set_item("buffer_depth", depth)?;
-        let batches = Stats::get(&st.batches);
         let handled = Stats::get(&st.events_handled);
         let total_ns = Stats::get(&st.handle_ns_total);
         d.set_item(
@@ -875,7 +874,6 @@ impl Core {
             "handle_seconds_max",
             Stats::get(&st.handle_ns_max) as f64 / 1e9,
         )?;
-        let _ = batches;
         Ok(d)
     }
 }

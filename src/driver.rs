@@ -294,13 +294,9 @@ impl Driver {
                         Stats::add(&self.stats.events_skipped, 1);
                         Action::Signal(ev)
                     }
-                    Taken::Empty => {
-                        if self.write_due() {
-                            // A write is due but one is in flight: its completion wakes us.
-                            return Action::Wait(self.next_flush);
-                        }
-                        Action::Wait(self.next_flush)
-                    }
+                    // Nothing to handle. If a write is due, one is in flight and its completion
+                    // wakes us; otherwise the next event or the flush deadline does.
+                    Taken::Empty => Action::Wait(self.next_flush),
                     Taken::Ended(err) => {
                         // The network side stopped by itself: only on a fatal error. Keep what
                         // was handled (final flush + checkpoint), then report the error.

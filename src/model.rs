@@ -27,14 +27,18 @@ impl Event {
 
     /// The `reason` field of a signal's JSON payload, if any.
     pub fn reason(&self) -> Option<String> {
-        let v: serde_json::Value = serde_json::from_slice(&self.data).ok()?;
-        v.get("reason").and_then(|r| r.as_str()).map(str::to_string)
+        self.payload_str("reason")
     }
 
     /// The `phase` field of a `phase` signal's payload, if any.
     pub fn phase(&self) -> Option<String> {
+        self.payload_str("phase")
+    }
+
+    /// A string field of the JSON payload, if the payload is an object that has one.
+    fn payload_str(&self, key: &str) -> Option<String> {
         let v: serde_json::Value = serde_json::from_slice(&self.data).ok()?;
-        v.get("phase").and_then(|r| r.as_str()).map(str::to_string)
+        v.get(key).and_then(|r| r.as_str()).map(str::to_string)
     }
 }
 

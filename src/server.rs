@@ -137,6 +137,39 @@ pub struct State {
     paused: AtomicBool,
 }
 
+impl State {
+    /// Writes the checkpoints to the data directory, if any (atomically: temp file + rename).
+    fn save_checkpoints(&self) {
+        let Some(dir) = &self.opts.data_dir else {
+            return;
+        };
+        let cps = lock(&self.checkpoints);
+        let map: serde_json::Map<String, serde_json::Value> = cps
+            .iter()
+            .map(|(id, cp)| {
+                let t = cp
+                    .updated_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                (
+                    id.clone(),
+                    serde_json::json!({"content_type": cp.content_type, "value": cp.value, "updated_at": t}),
+                )
+            })
+            .collect();
+        drop(cps);
+        let tmp = dir.join("checkpoints.json.tmp");
+        let text = serde_json::Value::Object(map).to_string();
+        let r = std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()))
+            .and_then(|_| std::fs::rename(&tmp, dir.join("checkpoints.json")));
+        if let Err(e) = r {
+            warn!("LocalMemoryService: cannot persist checkpoints: {e}");
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -307,36 +340,6 @@ impl LocalMemoryService {
             }
         }
         Ok(())
-    }
-
-    fn save_checkpoints(&self) {
-        let Some(dir) = &self.state.opts.data_dir else {
-            return;
-        };
-        let cps = lock(&self.state.checkpoints);
-        let map: serde_json::Map<String, serde_json::Value> = cps
-            .iter()
-            .map(|(id, cp)| {
-                let t = cp
-                    .updated_at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64();
-                (
-                    id.clone(),
-                    serde_json::json!({"content_type": cp.content_type, "value": cp.value, "updated_at": t}),
-                )
-            })
-            .collect();
-        drop(cps);
-        let tmp = dir.join("checkpoints.json.tmp");
-        let text = serde_json::Value::Object(map).to_string();
-        let r = std::fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|_| f.sync_all()))
-            .and_then(|_| std::fs::rename(&tmp, dir.join("checkpoints.json")));
-        if let Err(e) = r {
-            warn!("LocalMemoryService: cannot persist checkpoints: {e}");
-        }
     }
 
     /// Binds and serves (TCP, or the Unix socket if configured). Returns the endpoint.
@@ -585,12 +588,12 @@ impl LocalMemoryService {
                 updated_at: SystemTime::now(),
             },
         );
-        self.save_checkpoints();
+        self.state.save_checkpoints();
     }
 
     pub fn delete_checkpoint(&self, client_id: &str) -> bool {
         let removed = lock(&self.state.checkpoints).remove(client_id).is_some();
-        self.save_checkpoints();
+        self.state.save_checkpoints();
         removed
     }
 }
@@ -988,10 +991,7 @@ impl AdminCheckpointService for Svc {
                 updated_at: now,
             },
         );
-        LocalMemoryService {
-            state: self.state.clone(),
-        }
-        .save_checkpoints();
+        self.state.save_checkpoints();
         Ok(Response::new(proto::AdminCheckpoint {
             client_id: req.client_id,
             content_type: req.content_type,
