@@ -11,15 +11,9 @@ from __future__ import annotations
 import atexit
 import logging
 
-from ._clients import (
-    ConnectionOptions,
-    FileCheckpointStore,
-    GrpcCheckpointClient,
-    GrpcEventClient,
-    GrpcEventStream,
-    InMemoryCheckpointStore,
-)
+from ._clients import GrpcCheckpointClient, GrpcEventClient, GrpcEventStream
 from ._config import Config, parse_duration
+from ._connection import ConnectionOptions
 from ._model import (
     Checkpoint,
     CheckpointClient,
@@ -30,6 +24,7 @@ from ._model import (
 )
 from ._processor import EventProcessor
 from ._runtime import Runtime
+from ._stores import FileCheckpointStore, InMemoryCheckpointStore
 from .errors import (
     CheckpointNotFoundError,
     ConfigurationError,

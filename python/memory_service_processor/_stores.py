@@ -1,27 +1,206 @@
-"""Choosing a checkpoint store from a short text spec (the CLI's ``--checkpoint-store``).
+"""The built-in checkpoint stores, and choosing one from a short text spec.
 
-``grpc`` keeps checkpoints in the Memory Service (``AdminCheckpointService``, needs an admin
-credential); ``file:PATH`` keeps one JSON document per client id in the directory ``PATH``
-(written atomically, survives crashes); ``memory`` keeps them in this process only (lost on
-exit: every start is a first run).
+:class:`InMemoryCheckpointStore` keeps checkpoints in this process; :class:`FileCheckpointStore`
+keeps one JSON document per client id in a directory. :func:`checkpoint_store_from_spec` reads
+the command line's ``--checkpoint-store``: ``grpc`` keeps checkpoints in the Memory Service
+(``AdminCheckpointService``, needs an admin credential); ``file:PATH`` in the directory
+``PATH`` (written atomically, survives crashes); ``memory`` in this process only (lost on exit:
+every start is a first run).
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime as _dt
+import itertools
+import json
 import logging
 import os
-from typing import Optional, Union
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
 
-from ._clients import ConnectionOptions, FileCheckpointStore, GrpcCheckpointClient, InMemoryCheckpointStore
-from ._model import CheckpointClient
-from .errors import ConfigurationError
+from ._clients import GrpcCheckpointClient
+from ._connection import ConnectionOptions
+from ._model import Checkpoint, CheckpointClient
+from .errors import CheckpointNotFoundError, ConfigurationError
 
-__all__ = ["CHECKPOINT_STORE_SPECS", "checkpoint_store_from_spec"]
+__all__ = [
+    "CHECKPOINT_STORE_SPECS",
+    "FileCheckpointStore",
+    "InMemoryCheckpointStore",
+    "checkpoint_store_from_spec",
+]
 
 log = logging.getLogger("memory_service_processor")
 
 #: The accepted forms, for help texts.
 CHECKPOINT_STORE_SPECS = "grpc | file:PATH | memory"
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _roundtrip(value: Any) -> Any:
+    """A deep copy through JSON: what a real store would give back (and a check it is JSON)."""
+    return json.loads(json.dumps(value, allow_nan=False))
+
+
+class InMemoryCheckpointStore:
+    """Checkpoints in a dict: for tests and for processors that need no durability."""
+
+    def __init__(self) -> None:
+        self._items: Dict[str, Checkpoint] = {}
+        self._lock = threading.Lock()
+
+    async def get(self, client_id: str) -> Checkpoint:
+        """The stored checkpoint; raises :class:`CheckpointNotFoundError` if none."""
+        with self._lock:
+            cp = self._items.get(client_id)
+        if cp is None:
+            raise CheckpointNotFoundError(f"no checkpoint for client id {client_id!r}", client_id=client_id)
+        return Checkpoint(cp.client_id, cp.content_type, _roundtrip(cp.value), cp.updated_at)
+
+    async def put(self, client_id: str, content_type: str, value: Any) -> Checkpoint:
+        """Stores a copy of ``value``."""
+        cp = Checkpoint(client_id, content_type, _roundtrip(value), _now())
+        with self._lock:
+            self._items[client_id] = cp
+        return cp
+
+    def __repr__(self) -> str:
+        return f"InMemoryCheckpointStore({len(self._items)} checkpoints)"
+
+
+class FileCheckpointStore:
+    """One JSON document per client id in ``directory``, written atomically.
+
+    Each write goes to a temporary file that is fsynced, then renamed over the old one (and the
+    directory fsynced), so a crash at any instant leaves either the previous or the new
+    document, never a torn one.
+    """
+
+    def __init__(self, directory: Union[str, "os.PathLike[str]"]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Writes of one client id are serialized, and a put never overwrites the document of a
+        # put that was called after it (the executor may run them out of order).
+        self._lock = threading.Lock()
+        self._calls = itertools.count(1)
+        self._written: Dict[str, int] = {}
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Deletes the temporary files of writers that died mid-write (their process is gone)."""
+        try:
+            names = [p for p in self.directory.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        except OSError:  # pragma: no cover - unreadable directory: writes will say why
+            return
+        for path in names:
+            parts = path.name.rsplit(".", 3)  # ".<doc>.json", "<pid>", "<thread>", "tmp"
+            if len(parts) != 4 or not parts[1].isdigit():
+                continue
+            pid = int(parts[1])
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+                continue  # that writer is alive
+            except ProcessLookupError:
+                pass
+            except OSError:  # e.g. PermissionError: alive, another user's
+                continue
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    def path_for(self, client_id: str) -> Path:
+        """The file that holds ``client_id``'s checkpoint."""
+        if not client_id:
+            raise ConfigurationError("client_id must be a non-empty string")
+        return self.directory / (urllib.parse.quote(client_id, safe="") + ".json")
+
+    def _read(self, client_id: str) -> Checkpoint:
+        path = self.path_for(client_id)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(f"no checkpoint for client id {client_id!r}", client_id=client_id) from None
+        try:
+            doc = json.loads(text)
+            updated = doc.get("updated_at")
+            return Checkpoint(
+                doc["client_id"],
+                doc["content_type"],
+                doc["value"],
+                _dt.datetime.fromisoformat(updated) if updated else None,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigurationError(f"checkpoint file {path} is not a valid checkpoint document: {e}") from e
+
+    def _write(self, client_id: str, content_type: str, value: Any, seq: int = 0) -> Checkpoint:
+        path = self.path_for(client_id)
+        cp = Checkpoint(client_id, content_type, _roundtrip(value), _now())
+        with self._lock:
+            if seq and self._written.get(client_id, 0) > seq:
+                return cp  # a later put already landed: this older value must not replace it
+            self._write_locked(path, cp)
+            if seq:
+                self._written[client_id] = seq
+        return cp
+
+    def _write_locked(self, path: Path, cp: Checkpoint) -> None:
+        client_id, content_type = cp.client_id, cp.content_type
+        doc = {
+            "client_id": client_id,
+            "content_type": content_type,
+            "value": cp.value,
+            "updated_at": cp.updated_at.isoformat() if cp.updated_at else None,
+        }
+        data = json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        try:
+            dfd = os.open(self.directory, os.O_RDONLY)
+        except OSError:  # pragma: no cover - platforms without directory fds
+            return
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    async def get(self, client_id: str) -> Checkpoint:
+        """The stored checkpoint; raises :class:`CheckpointNotFoundError` if none."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._read, client_id)
+
+    async def put(self, client_id: str, content_type: str, value: Any) -> Checkpoint:
+        """Writes the checkpoint atomically (fsync + rename)."""
+        self.path_for(client_id)  # validates the client id before going to a thread
+        seq = next(self._calls)  # atomic; never blocks the event loop on a writer's fsync
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self._write, client_id, content_type, value, seq
+        )
+
+    def __repr__(self) -> str:
+        return f"FileCheckpointStore({str(self.directory)!r})"
 
 
 def checkpoint_store_from_spec(
