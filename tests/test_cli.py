@@ -20,7 +20,8 @@ import pytest
 
 from conftest import ADMIN_KEY, publish_entries, run, wait_until
 from memory_service_processor import Config
-from memory_service_processor._cli import OPTIONS, build_parser, resolve_options
+from memory_service_processor._cli import build_parser
+from memory_service_processor._cli.options import OPTIONS, resolve_options
 from memory_service_processor.testing import LocalMemoryService
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def write(path: Path, code: str) -> Path:
 
 
 def test_every_config_field_has_a_flag_and_an_environment_variable() -> None:
-    dests = {o.dest for o in OPTIONS}
+    dests = {o.name for o in OPTIONS}
     assert {f.name for f in dataclasses.fields(Config)} <= dests
     assert {"endpoint", "api_key", "bearer_token", "tls_ca_file", "keepalive_interval", "max_message_size"} <= dests
     assert all(o.env for o in OPTIONS)
@@ -102,7 +103,7 @@ def test_every_config_field_has_a_flag_and_an_environment_variable() -> None:
         "checkpoint_interval": "MEMORY_SERVICE_PROCESS_CHECKPOINT_INTERVAL",
         "scope": "MEMORY_SERVICE_PROCESS_SCOPE",
     }
-    assert {o.dest: o.env for o in OPTIONS if o.dest in ecosystem} == ecosystem
+    assert {o.name: o.env for o in OPTIONS if o.name in ecosystem} == ecosystem
     docs = (REPO / "README.md").read_text()
     for o in OPTIONS:
         assert o.flag in docs and o.env in docs, f"README.md's configuration tables do not mention {o.flag} / {o.env}"

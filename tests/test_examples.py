@@ -20,7 +20,7 @@ import pytest
 
 from conftest import cfg, run, wait_until
 from memory_service_processor import Config, EventEnvelope
-from memory_service_processor._demo import ConversationSimulator
+from memory_service_processor._cli.simulator import ConversationSimulator
 from memory_service_processor.testing import LocalMemoryService, run_until_handled
 
 REPO = Path(__file__).resolve().parents[1]

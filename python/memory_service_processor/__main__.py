@@ -9,13 +9,13 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
+from ._cli import main as cli_main
+
 __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    from ._cli import main as cli_main
-
     return cli_main(argv)
 
 
