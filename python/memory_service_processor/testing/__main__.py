@@ -13,7 +13,8 @@ import sys
 import threading
 from typing import List, Optional
 
-from . import LocalMemoryService
+from .events import synthetic_entries
+from .server import LocalMemoryService
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the ``serve`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = _parser().parse_args(argv)
     api_keys = None
     if args.api_keys:
@@ -53,8 +55,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     endpoint = server.start_sync()
     if args.preload:
-        from .events import synthetic_entries
-
         for chunk in synthetic_entries(args.preload, chunk=10_000):
             server.publish_many(chunk)
     done = threading.Event()

@@ -1,12 +1,40 @@
-"""Realistic synthetic Memory Service events (entries, conversations, memberships)."""
+"""Events for tests: how they are given (:data:`EventSpec`) and realistic synthetic ones."""
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Tuple, Union
 
-__all__ = ["entry_event", "synthetic_entries", "conversation_ids"]
+__all__ = [
+    "EventSpec",
+    "conversation_ids",
+    "encode_payload",
+    "entry_event",
+    "event_tuple",
+    "synthetic_entries",
+]
+
+#: An event to publish: ``(kind, event, data)``, or a mapping with those keys (``data`` optional).
+EventSpec = Union[Tuple[str, str, Any], Mapping[str, Any]]
+
+
+def event_tuple(spec: EventSpec) -> Tuple[str, str, Any]:
+    """``(kind, event, data)`` of an :data:`EventSpec` (``data`` ``None`` when a mapping has none)."""
+    if isinstance(spec, Mapping):
+        return spec["kind"], spec["event"], spec.get("data")
+    kind, event, data = spec
+    return kind, event, data
+
+
+def encode_payload(data: Any) -> bytes:
+    """An event's payload: ``bytes`` as they are, ``str`` as UTF-8, anything else as compact JSON."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def conversation_ids(n: int, seed: int = 7) -> List[str]:
