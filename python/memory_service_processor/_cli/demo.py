@@ -154,10 +154,10 @@ def run_demo(
     """Runs the demo; returns a summary dict (``handled``, ``resumed_from``, ``checkpoint``,
     ``busiest``, ...). ``out`` receives the display (default ``sys.stdout``)."""
     out = out or sys.stdout
-    tmp = None
+    temporary_dir = None
     if data_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="msp-demo-")
-        directory = tmp.name
+        temporary_dir = tempfile.TemporaryDirectory(prefix="msp-demo-")
+        directory = temporary_dir.name
     else:
         directory = os.path.abspath(data_dir)
         os.makedirs(directory, exist_ok=True)
@@ -166,15 +166,15 @@ def run_demo(
         endpoint = server.start_sync()
         try:
             return _demo_with_server(
-                server, endpoint, directory, tmp is not None, out,
+                server, endpoint, directory, temporary_dir is not None, out,
                 events=events, duration=duration, live_rate=live_rate, client_id=client_id, top=top,
                 progress=progress, metrics_port=metrics_port, metrics_addr=metrics_addr,
             )
         finally:
             server.stop_sync()
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        if temporary_dir is not None:
+            temporary_dir.cleanup()
 
 
 def _demo_with_server(
@@ -202,16 +202,16 @@ def _demo_with_server(
     say(f"  embedded Memory Service on {endpoint} (data in {where})")
     first, next_cursor = server.outbox_range
     fresh = next_cursor == first
-    sim = ConversationSimulator(run=next_cursor)
-    batch: List[EventTuple] = sim.opening() if fresh else []
-    batch.extend(sim.events(max(0, events - len(batch))))
+    simulator = ConversationSimulator(run=next_cursor)
+    batch: List[EventTuple] = simulator.opening() if fresh else []
+    batch.extend(simulator.events(max(0, events - len(batch))))
     del batch[events:]  # exactly --events (a tiny first run may not even create every conversation)
-    t0 = time.monotonic()
+    publish_started = time.monotonic()
     cursors: List[str] = []
     for i in range(0, len(batch), 5000):
         cursors.extend(server.publish_many(batch[i : i + 5000]))
     what = "conversations, members, turns, agent notes and responses"
-    say(f"  published {len(cursors):,} events ({what}) in {time.monotonic() - t0:.2f}s"
+    say(f"  published {len(cursors):,} events ({what}) in {time.monotonic() - publish_started:.2f}s"
         + (f", cursors {cursors[0]}..{cursors[-1]}" if cursors else ""))
 
     existing = server.checkpoint(client_id)
@@ -219,10 +219,10 @@ def _demo_with_server(
     start_position = 0
     if existing is not None and isinstance(existing.value, dict) and existing.value.get("lastEventCursor"):
         resumed_from = str(existing.value["lastEventCursor"])
-        convs = existing.value.get("conversations") or {}
+        conversations = existing.value.get("conversations") or {}
         counted = existing.value.get("eventsSeen", 0)
         say(f"  resuming {client_id} from its checkpoint at cursor {resumed_from} "
-            f"({counted:,} events already counted over {len(convs)} conversations)")
+            f"({counted:,} events already counted over {len(conversations)} conversations)")
         start_position = _decimal(resumed_from) or 0
     else:
         say(f"  no checkpoint for {client_id} yet: processing from the start of the stream")
@@ -276,7 +276,7 @@ def _demo_with_server(
                         n = int(budget)
                         if n:
                             budget -= n
-                            server.publish_many(sim.events(n))
+                            server.publish_many(simulator.events(n))
                     last_tick = now
                     display.update(stats, duration - elapsed)
                     try:
@@ -324,12 +324,12 @@ def _demo_with_server(
               f"{'notes':>6} {'members':>7}")
     say(header)
     say("  " + "-" * (len(header) - 2))
-    for rank, s in enumerate(busiest, 1):
-        title = s.title or s.conversation[:8]
+    for rank, summary in enumerate(busiest, 1):
+        title = summary.title or summary.conversation[:8]
         if len(title) > 44:
             title = title[:43] + "…"
-        say(f"  {rank:>2}  {s.conversation[:8] + '…':<12} {title:<44} {s.turns:>6,} {s.user_turns:>6,} {s.assistant_turns:>9,} "
-            f"{s.notes:>6,} {processor.member_count(s):>7}")
+        say(f"  {rank:>2}  {summary.conversation[:8] + '…':<12} {title:<44} {summary.turns:>6,} {summary.user_turns:>6,} {summary.assistant_turns:>9,} "
+            f"{summary.notes:>6,} {processor.member_count(summary):>7}")
     say()
     if temporary:
         say("Pass --data-dir DIR to keep the service's data: a second run then resumes from this checkpoint.")
@@ -341,7 +341,7 @@ def _demo_with_server(
         "checkpoint": saved_cursor,
         "last_cursor": stats.get("last_cursor"),
         "checkpoints_written": int(stats.get("checkpoints_written", 0)),
-        "busiest": [(s.conversation, s.title, s.turns) for s in busiest],
+        "busiest": [(c.conversation, c.title, c.turns) for c in busiest],
         "interrupted": bool(interrupted),
     }
 

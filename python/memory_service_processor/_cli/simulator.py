@@ -156,7 +156,7 @@ class ConversationSimulator:
         for rank, i in enumerate(order):
             self.weights[i] = 1.0 / (rank + 1) ** 0.9
         self.owners = [_USERS[ids.randrange(len(_USERS))] for _ in range(conversations)]
-        self.rnd = random.Random(seed * 1000 + run)
+        self.random = random.Random(seed * 1000 + run)
         self._turn = 0
 
     def title(self, i: int) -> str:
@@ -175,8 +175,8 @@ class ConversationSimulator:
                 "owner": self.owners[i], "created_at": _now_iso(),
             }))
             out.append(("membership", "added", {"conversation_group": group, "user": self.owners[i], "role": "owner"}))
-            if self.rnd.random() < 0.35:
-                other = _USERS[self.rnd.randrange(len(_USERS))]
+            if self.random.random() < 0.35:
+                other = _USERS[self.random.randrange(len(_USERS))]
                 if other != self.owners[i]:
                     out.append(("membership", "added", {"conversation_group": group, "user": other, "role": "writer"}))
         return out
@@ -186,7 +186,7 @@ class ConversationSimulator:
         return ("entry", "appended", {
             "conversation": self.conversations[i],
             "conversation_group": self.groups[i],
-            "entry": str(uuid.UUID(int=self.rnd.getrandbits(128), version=4)),
+            "entry": str(uuid.UUID(int=self.random.getrandbits(128), version=4)),
             "entry_channel": channel,
             "entry_content_type": "history" if channel == "history" else "application/json",
             "entry_role": role,
@@ -196,28 +196,28 @@ class ConversationSimulator:
 
     def exchange(self) -> List[EventTuple]:
         """One step of activity: usually a user turn and the assistant's answer."""
-        i = self.rnd.choices(range(len(self.conversations)), weights=self.weights)[0]
+        i = self.random.choices(range(len(self.conversations)), weights=self.weights)[0]
         title, asks, answers, notes = _TOPICS[self.topics[i]]
-        k = self.rnd.randrange(len(asks))
-        out = [self._entry(i, "USER", "history", asks[k])]
-        recording = self.rnd.random() < 0.3
+        turn = self.random.randrange(len(asks))
+        out = [self._entry(i, "USER", "history", asks[turn])]
+        recording = self.random.random() < 0.3
         if recording:
-            rec = str(uuid.UUID(int=self.rnd.getrandbits(128), version=4))
-            out.append(("response", "started", {"conversation": self.conversations[i], "recording": rec}))
-        out.append(self._entry(i, "AI", "history", answers[k]))
+            recording_id = str(uuid.UUID(int=self.random.getrandbits(128), version=4))
+            out.append(("response", "started", {"conversation": self.conversations[i], "recording": recording_id}))
+        out.append(self._entry(i, "AI", "history", answers[turn]))
         if recording:
-            out.append(("response", "completed", {"conversation": self.conversations[i], "recording": rec}))
-        if self.rnd.random() < 0.12:
+            out.append(("response", "completed", {"conversation": self.conversations[i], "recording": recording_id}))
+        if self.random.random() < 0.12:
             out.append(self._entry(i, "AI", "memory", notes[0]))
-        r = self.rnd.random()
-        if r < 0.01:
+        roll = self.random.random()
+        if roll < 0.01:
             out.append(("conversation", "updated", {
                 "conversation": self.conversations[i], "conversation_group": self.groups[i],
                 "title": self.title(i), "updated_at": _now_iso(),
             }))
-        elif r < 0.02:
+        elif roll < 0.02:
             out.append(("membership", "added", {
-                "conversation_group": self.groups[i], "user": _USERS[self.rnd.randrange(len(_USERS))], "role": "reader",
+                "conversation_group": self.groups[i], "user": _USERS[self.random.randrange(len(_USERS))], "role": "reader",
             }))
         return out
 

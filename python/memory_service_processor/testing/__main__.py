@@ -18,21 +18,21 @@ from .server import LocalMemoryService
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m memory_service_processor.testing")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="run a LocalMemoryService until SIGINT/SIGTERM")
-    s.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
-    s.add_argument("--unix", metavar="PATH", help="listen on this Unix socket instead of TCP")
-    s.add_argument("--data-dir", metavar="DIR", help="persist the outbox and checkpoints here")
-    s.add_argument("--queue-capacity", type=int, default=65536, help="live events queued per subscriber before eviction")
-    s.add_argument(
+    parser = argparse.ArgumentParser(prog="python -m memory_service_processor.testing")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run a LocalMemoryService until SIGINT/SIGTERM")
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
+    serve.add_argument("--unix", metavar="PATH", help="listen on this Unix socket instead of TCP")
+    serve.add_argument("--data-dir", metavar="DIR", help="persist the outbox and checkpoints here")
+    serve.add_argument("--queue-capacity", type=int, default=65536, help="live events queued per subscriber before eviction")
+    serve.add_argument(
         "--api-keys",
         metavar="JSON",
         help='API keys and roles, e.g. \'{"admin-key": "admin", "user-key": "user"}\' (default: no auth)',
     )
-    s.add_argument("--preload", type=int, default=0, metavar="N", help="publish N synthetic entry events first")
-    return p
+    serve.add_argument("--preload", type=int, default=0, metavar="N", help="publish N synthetic entry events first")
+    return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -35,22 +35,22 @@ class _Stored:
         self.content_type = field("entry_content_type")
         self.role = field("entry_role")
 
-    def matches(self, r: SubscribeRequest) -> bool:
+    def matches(self, request: SubscribeRequest) -> bool:
         kind = self.envelope.kind
 
         def one_of(allowed: Iterable[str], value: Optional[str]) -> bool:
             allowed = [a.lower() for a in allowed]
             return not allowed or (value is not None and value.lower() in allowed)
 
-        if not one_of(r.kinds, kind):
+        if not one_of(request.kinds, kind):
             return False
-        if r.conversation_ids and self.conversation not in r.conversation_ids:
+        if request.conversation_ids and self.conversation not in request.conversation_ids:
             return False
         if kind == "entry":
             return (
-                one_of(r.entry_channels, self.channel)
-                and one_of(r.entry_content_types, self.content_type)
-                and one_of(r.entry_roles, self.role)
+                one_of(request.entry_channels, self.channel)
+                and one_of(request.entry_content_types, self.content_type)
+                and one_of(request.entry_roles, self.role)
             )
         return True
 
@@ -168,11 +168,11 @@ class InMemoryEventClient:
             drop = max(0, min(through - self._base + 1, len(self._log)))
             del self._log[:drop]
             self._base += drop
-            for s in self._streams:
-                s._position = max(0, s._position - drop)
-                s._replay_to = max(0, s._replay_to - drop) if s._replay_to >= 0 else s._replay_to
-                if s._break is not None:
-                    s._break = (max(0, s._break[0] - drop), s._break[1])
+            for stream in self._streams:
+                stream._position = max(0, stream._position - drop)
+                stream._replay_to = max(0, stream._replay_to - drop) if stream._replay_to >= 0 else stream._replay_to
+                if stream._break is not None:
+                    stream._break = (max(0, stream._break[0] - drop), stream._break[1])
 
     def fail(self, error: Union[BaseException, type], count: int = 1) -> None:
         """The next ``count`` calls of ``subscribe`` raise ``error`` (e.g.
@@ -186,8 +186,8 @@ class InMemoryEventClient:
         from ``recv`` (``None``: ends cleanly, as a server closing the stream)."""
         with self._lock:
             end = len(self._log)
-            for s in self._streams:
-                s._break = (end, error)
+            for stream in self._streams:
+                stream._break = (end, error)
         self._wake()
 
     @property
@@ -215,15 +215,15 @@ class InMemoryEventClient:
                     position = 0
                 else:
                     try:
-                        c = int(after)
+                        after_number = int(after)
                     except ValueError:
                         raise ValueError(f"malformed after_cursor {after!r}: not a cursor of this client") from None
-                    if c + 1 < self._base:
+                    if after_number + 1 < self._base:
                         pending.append(_signal("invalidate", reason="cursor beyond retention window"))
                         stream = _InMemoryStream(self, request, pending, end, -1)
                         stream.closed = True
                         return stream
-                    position = min(max(c + 1 - self._base, 0), end)
+                    position = min(max(after_number + 1 - self._base, 0), end)
                 replay_to = end
             stream = _InMemoryStream(self, request, pending, position, replay_to)
             self._streams.add(stream)

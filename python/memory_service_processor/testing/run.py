@@ -107,9 +107,9 @@ class _Observed:
         else:
 
             def sync_handle(event: EventEnvelope) -> Optional[Awaitable[None]]:
-                r = handle(event)
-                if r is not None and inspect.isawaitable(r):
-                    return _then(r, on_handled, event)
+                result = handle(event)
+                if result is not None and inspect.isawaitable(result):
+                    return _then(result, on_handled, event)
                 on_handled(event)
                 return None
 
@@ -119,9 +119,9 @@ class _Observed:
         on_signal = run._on_signal
 
         def on_stream_event(event: EventEnvelope) -> Optional[Awaitable[None]]:
-            r = hook(event) if hook is not None else None
-            if r is not None and inspect.isawaitable(r):
-                return _then(r, on_signal, event)
+            result = hook(event) if hook is not None else None
+            if result is not None and inspect.isawaitable(result):
+                return _then(result, on_signal, event)
             on_signal(event)
             return None
 
