@@ -33,7 +33,7 @@ def test_configuration_error_is_a_value_error():
     assert issubclass(ConfigurationError, MemoryServiceProcessorError)
 
 
-def test_defaults_follow_the_seed():
+def test_defaults():
     c = Config(client_id="p")
     assert c.checkpoint_interval == 5.0
     assert c.reconnect_min == 1.0
