@@ -1,6 +1,7 @@
 """Never lose an event (issue 3): transient faults, dropped streams, server restarts, fatal
 codes, stale cursors, eviction, mid-stream invalidate, checkpoint write failures, processor
-errors, reachability and secrets -- against a real LocalMemoryService with injected faults."""
+errors, reachability and secrets -- against a real LocalMemoryService with injected faults.
+What they check is stated in docs/semantics.md, sections 8 to 14."""
 
 from __future__ import annotations
 

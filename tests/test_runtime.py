@@ -1,6 +1,7 @@
 """The runtime end to end (issue "The runtime"): start position, resume, content type, stream
 signals, flush, metadata, checkpoint values, sync/async processors, processor failures,
-threading, the documented example, and filters -- all against a real LocalMemoryService."""
+threading, the documented example, and filters -- all against a real LocalMemoryService.
+What they check is stated in docs/semantics.md, sections 1 to 7 and 12 to 14."""
 
 from __future__ import annotations
 
