@@ -2,8 +2,16 @@
 
 Every test talks to a real :class:`LocalMemoryService` (a tonic gRPC server on loopback) through
 the real runtime. No pytest-asyncio: sync tests call :func:`run` (``asyncio.run`` with an overall
-deadline). Waiting is done with :func:`wait_until` (poll a condition, fail with a message on a
-generous deadline) -- never a bare sleep used as an assertion.
+deadline).
+
+Running a processor: the public testing kit first (``run_until_handled`` / ``ProcessorRun`` from
+``memory_service_processor.testing``: they wait for cursors, not for counts, and raise the run's
+error as soon as it happens). Where the kit does not fit (a Runtime built by the test with
+options the kit does not take, no reachable server, a processor that must be seen unwrapped,
+the run task itself cancelled), :func:`started` runs the Runtime and returns a :class:`Started`
+handle to wait on. Waiting is done with :func:`wait_until` / :meth:`Started.wait` (poll a
+condition, fail with a message on a generous deadline) -- never a bare sleep used as an
+assertion.
 """
 
 from __future__ import annotations
@@ -144,11 +152,85 @@ class AsyncRecorder(Recorder):
         Recorder.on_stream_event(self, event)
 
 
+class Started:
+    """A :class:`Runtime` running in a task of the test's event loop (see :func:`started`).
+
+    Every wait fails fast with the run's own exception if the run ends meanwhile, and with an
+    AssertionError naming ``what`` after ``timeout`` seconds.
+    """
+
+    def __init__(self, runtime: Runtime, processor: Any = None, server: Optional[LocalMemoryService] = None) -> None:
+        self.runtime = runtime
+        self.processor = processor
+        self.server = server
+        self.task: "asyncio.Task[None]" = asyncio.ensure_future(runtime.run())
+
+    def stats(self) -> Dict[str, Any]:
+        """``Runtime.stats()`` now."""
+        return self.runtime.stats()
+
+    async def wait(self, predicate: Callable[[], Any], what: str = "condition", timeout: float = EVENTUALLY) -> Any:
+        """Polls ``predicate`` until it is truthy (returns its value)."""
+
+        def check() -> Any:
+            value = predicate()
+            if not value and self.task.done():
+                self.task.result()  # the run's exception, if it failed
+                raise AssertionError(f"the run ended before {what}")
+            return value
+
+        return await wait_until(check, what, timeout)
+
+    async def wait_handled(self, n: int, timeout: float = EVENTUALLY) -> None:
+        """Waits until the processor (a :class:`Recorder`) has handled ``n`` events in all."""
+        assert self.processor is not None, "started(..., processor=) is needed for wait_handled"
+        await self.wait(lambda: len(self.processor.handled) >= n, f"{n} handled events", timeout)
+
+    async def wait_signal(self, name: str, timeout: float = EVENTUALLY) -> None:
+        """Waits until the processor (a :class:`Recorder`) has seen the stream signal ``name``."""
+        assert self.processor is not None, "started(..., processor=) is needed for wait_signal"
+        await self.wait(lambda: name in self.processor.signal_names(), f"the {name} signal", timeout)
+
+    async def wait_live(self, subscribers: int = 1) -> None:
+        """Waits until the run is in the live phase and (given a server) subscribed there."""
+        server = self.server
+        await self.wait(
+            lambda: self.runtime.stats()["phase"] == "live" and (server is None or server.subscriber_count >= subscribers),
+            "the live phase",
+        )
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        """Stops the runtime gracefully and awaits the end of the run (raising its exception)."""
+        self.runtime.stop()
+        await asyncio.wait_for(asyncio.shield(self.task), timeout)
+
+
+@contextlib.asynccontextmanager
+async def started(
+    runtime: Runtime, processor: Any = None, server: Optional[LocalMemoryService] = None, *, live: bool = False
+) -> AsyncIterator[Started]:
+    """Runs ``runtime`` for the block and yields a :class:`Started` handle; on exit stops it
+    gracefully and awaits the end of the run (its exception, if any, is raised there).
+
+    ``processor``: the Recorder given to the runtime (for :meth:`Started.wait_handled`).
+    ``server``: the LocalMemoryService it subscribes to (for :meth:`Started.wait_live`).
+    ``live``: wait for the live phase before the block starts.
+    """
+    handle = Started(runtime, processor, server)
+    try:
+        if live:
+            await handle.wait_live()
+        yield handle
+    finally:
+        await handle.stop()
+
+
 @contextlib.asynccontextmanager
 async def running(runtime: Runtime) -> AsyncIterator["asyncio.Task[None]"]:
     """Runs ``runtime`` in a task for the block; on exit stops it and awaits the end.
 
-    If the run already ended with an exception, it is raised here.
+    If the run already ended with an exception, it is raised here. (Prefer the testing kit or
+    :func:`started`; this stays for the tests of the configuration.)
     """
     task = asyncio.ensure_future(runtime.run())
     try:

@@ -21,12 +21,13 @@ from memory_service_processor import (
     GrpcCheckpointClient,
     GrpcEventClient,
     InMemoryCheckpointStore,
-    Runtime,
     ServerStatusError,
     SubscribeRequest,
 )
 
-from conftest import ADMIN_KEY, BEARER, USER_KEY, Recorder, cfg, publish_entries, run, running, wait_until
+from memory_service_processor.testing import run_until_handled
+
+from conftest import ADMIN_KEY, BEARER, USER_KEY, Recorder, cfg, publish_entries, run
 from test_runtime import NESTED
 
 pytestmark = pytest.mark.timeout(60)
@@ -227,18 +228,8 @@ def test_clients_transient_error_when_unreachable(server):
 def test_runtime_accepts_standalone_clients_as_injected(server):
     publish_entries(server, 3)
     p = Recorder()
-    rt = Runtime(
-        p,
-        cfg(after_cursor="start"),
-        events=GrpcEventClient(server.endpoint),
-        checkpoints=GrpcCheckpointClient(server.endpoint),
-    )
-
-    async def main() -> None:
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 3, "3 events")
-
-    run(main())
+    run(run_until_handled(p, None, cfg(after_cursor="start"), events=GrpcEventClient(server.endpoint),
+                          checkpoints=GrpcCheckpointClient(server.endpoint)))
     assert p.handled == ["1", "2", "3"]
     assert server.checkpoint("proc").value["lastEventCursor"] == "3"
 
@@ -248,26 +239,16 @@ def test_runtime_with_builtin_checkpoint_stores(server, tmp_path, store_kind):
     store = InMemoryCheckpointStore() if store_kind == "memory" else FileCheckpointStore(tmp_path)
     publish_entries(server, 4)
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint, checkpoints=store)
-
-    async def main() -> None:
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 4, "4 events")
-
-    run(main())
+    first = run(run_until_handled(p, server, cfg(after_cursor="start"), checkpoints=store))
+    assert p.handled == ["1", "2", "3", "4"]
     cp = run(store.get("proc"))
     assert cp.value == {"lastEventCursor": "4", "count": 4}
+    assert first.checkpoint is not None and first.checkpoint.value == cp.value
     assert server.checkpoint("proc") is None  # the server's store was not used
 
     publish_entries(server, 2)
     q = Recorder()
-    rt2 = Runtime(q, cfg(after_cursor="start"), endpoint=server.endpoint, checkpoints=store)
-
-    async def again() -> None:
-        async with running(rt2):
-            await wait_until(lambda: len(q.handled) >= 2, "2 more")
-
-    run(again())
+    run(run_until_handled(q, server, cfg(after_cursor="start"), checkpoints=store))
     assert q.handled == ["5", "6"]
     if store_kind == "file":
         assert FileCheckpointStore(tmp_path).path_for("proc").exists()
@@ -289,13 +270,7 @@ def test_envelope_data_that_is_not_json_raises_on_access_only(server):
             Recorder.handle(self, event)
 
     p = Probe()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
-
-    async def main() -> None:
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 2, "2 events")
-
-    run(main())
+    run(run_until_handled(p, server, cfg(after_cursor="start")))
     assert p.handled == [bad, good]
     kind, message, raw = results[0]
     assert kind == "error"
@@ -327,7 +302,7 @@ def test_checkpoint_dataclass_is_immutable():
 
 
 def test_custom_python_clients_drive_the_runtime():
-    """The seed's injection point: any objects following the protocols."""
+    """Any objects following the client protocols drive the runtime (docs/semantics.md#1-the-run)."""
 
     class ListStream:
         def __init__(self, events: List[EventEnvelope]) -> None:
@@ -354,13 +329,9 @@ def test_custom_python_clients_drive_the_runtime():
     store = InMemoryCheckpointStore()
     source = ListSource()
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start", kinds=["entry"]), events=source, checkpoints=store)
-
-    async def main() -> None:
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 5, "5 events")
-
-    run(main())
+    # this source sends the live phase first: wait for the last cursor instead
+    run(run_until_handled(p, None, cfg(after_cursor="start", kinds=["entry"]), events=source, checkpoints=store,
+                          until_cursor="5"))
     assert p.handled == ["1", "2", "3", "4", "5"]
     assert source.requests[0].after_cursor == "start"
     assert list(source.requests[0].kinds) == ["entry"]

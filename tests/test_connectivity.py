@@ -20,32 +20,27 @@ from memory_service_processor import (
     Runtime,
     ServerStatusError,
 )
-from memory_service_processor.testing import LocalMemoryService
+from memory_service_processor.testing import LocalMemoryService, ProcessorRun, run_until_handled
 
 
 class Recorder(EventProcessor):
     CONTENT_TYPE = "application/vnd.test.recorder+json;v=1"
 
-    def __init__(self, until: int, runtime_box: List[Runtime]) -> None:
+    def __init__(self) -> None:
         self.cursors: List[str] = []
-        self.until = until
-        self.box = runtime_box
 
     def handle(self, event: EventEnvelope) -> None:
         assert event.cursor is not None
         self.cursors.append(event.cursor)
         self.last_event_cursor = event.cursor
-        if len(self.cursors) >= self.until:
-            self.box[0].stop()
 
 
-def run_until(server_endpoint: str, n: int, timeout: float = 30.0, **kw: object) -> Recorder:
-    box: List[Runtime] = []
-    proc = Recorder(n, box)
-    rt = Runtime(proc, Config(client_id="conn-test", after_cursor="start", reconnect_min=0.1, reconnect_max=0.5),
-                 endpoint=server_endpoint, **kw)  # type: ignore[arg-type]
-    box.append(rt)
-    asyncio.run(asyncio.wait_for(rt.run(), timeout))
+def run_until_handled_over(server: LocalMemoryService, timeout: float = 30.0, **kw: object) -> Recorder:
+    """Runs a Recorder against ``server`` (at ``server.endpoint``: TLS, a Unix socket, ...) until it
+    has handled everything published, through the testing kit; ``kw`` goes to the Runtime."""
+    proc = Recorder()
+    config = Config(client_id="conn-test", after_cursor="start", reconnect_min=0.1, reconnect_max=0.5)
+    asyncio.run(run_until_handled(proc, server, config, timeout=timeout, **kw))
     return proc
 
 
@@ -118,7 +113,7 @@ def test_tls_with_a_given_ca_file(tmp_path: Path) -> None:
     with LocalMemoryService(tls_cert_file=cert, tls_key_file=key) as server:
         assert server.endpoint.startswith("https://127.0.0.1:")
         cursors = server.publish_many([("entry", "appended", {"n": i}) for i in range(20)])
-        proc = run_until(server.endpoint, 20, tls_ca_file=str(ca))
+        proc = run_until_handled_over(server, tls_ca_file=str(ca))
         assert proc.cursors == cursors
         stored = server.checkpoint("conn-test")
         assert stored is not None and stored.value["lastEventCursor"] == cursors[-1]
@@ -132,11 +127,9 @@ def test_an_untrusted_server_certificate_fails_fast_and_clearly(tmp_path: Path) 
     other_ca, _, _ = _ca_and_leaf(other_dir)
     with LocalMemoryService(tls_cert_file=cert, tls_key_file=key) as server:
         server.publish("entry", "appended", {"n": 1})
-        box: List[Runtime] = []
-        proc = Recorder(1, box)
+        proc = Recorder()
         rt = Runtime(proc, Config(client_id="tls-bad", after_cursor="start"),
                      endpoint=server.endpoint, tls_ca_file=str(other_ca))
-        box.append(rt)
         with pytest.raises(ServerStatusError) as info:
             asyncio.run(asyncio.wait_for(rt.run(), 20))
         assert "certificate" in str(info.value)
@@ -151,7 +144,7 @@ def test_unix_domain_socket(tmp_path: Path) -> None:
     with LocalMemoryService(unix_path=sock) as server:
         assert server.endpoint == f"unix://{sock}"
         cursors = server.publish_many([("entry", "appended", {"n": i}) for i in range(10)])
-        proc = run_until(server.endpoint, 10)
+        proc = run_until_handled_over(server)
         assert proc.cursors == cursors
 
 
@@ -220,29 +213,21 @@ def test_keepalive_notices_a_silently_dead_connection_and_reconnects() -> None:
         proxy = BlackholeProxy(server.port)
         try:
             first = server.publish_many([("entry", "appended", {"n": i}) for i in range(5)])
-            box: List[Runtime] = []
-            proc = Recorder(10, box)
-            rt = Runtime(
-                proc,
-                Config(client_id="keepalive", after_cursor="start", reconnect_min=0.1, reconnect_max=0.5),
-                endpoint=f"127.0.0.1:{proxy.port}",
-                keepalive_interval=0.5,
-                keepalive_timeout=1.0,
-            )
-            box.append(rt)
-            later: List[str] = []
+            proc = Recorder()
+            config = Config(client_id="keepalive", after_cursor="start", reconnect_min=0.1, reconnect_max=0.5)
 
-            async def main() -> None:
-                task = asyncio.ensure_future(rt.run())
-                while len(proc.cursors) < 5:
-                    await asyncio.sleep(0.02)
-                proxy.blackhole()  # the connection dies silently
-                later.extend(server.publish_many([("entry", "appended", {"n": i}) for i in range(5, 10)]))
-                await asyncio.wait_for(task, 30)
+            async def main() -> "tuple[List[str], ProcessorRun]":
+                async with ProcessorRun(proc, server, config, endpoint=f"127.0.0.1:{proxy.port}",
+                                        keepalive_interval=0.5, keepalive_timeout=1.0) as run:
+                    await run.until_handled()  # the first 5
+                    proxy.blackhole()  # the connection dies silently
+                    later = server.publish_many([("entry", "appended", {"n": i}) for i in range(5, 10)])
+                    await run.until_handled(timeout=30)
+                return later, run
 
-            asyncio.run(main())
+            later, run = asyncio.run(main())
             assert proc.cursors == first + later
-            assert rt.stats()["reconnects"] >= 1
+            assert run.result is not None and run.result.stats["reconnects"] >= 1
         finally:
             proxy.close()
 
@@ -252,15 +237,13 @@ def test_an_event_larger_than_the_message_limit_fails_clearly_and_the_limit_is_c
     big = {"blob": "x" * (5 * 1024 * 1024)}
     with LocalMemoryService() as server:
         cursor = server.publish("entry", "appended", big)
-        box: List[Runtime] = []
-        proc = Recorder(1, box)
+        proc = Recorder()
         rt = Runtime(proc, Config(client_id="big", after_cursor="start"), endpoint=server.endpoint)
-        box.append(rt)
         with pytest.raises(ServerStatusError) as info:
             asyncio.run(asyncio.wait_for(rt.run(), 20))
         assert "OUT_OF_RANGE" in str(info.value) or "too large" in str(info.value)
         assert "max_message_size" in str(info.value) or "limit" in str(info.value)
         assert proc.cursors == []
         # with a larger limit the same event goes through
-        proc2 = run_until(server.endpoint, 1, max_message_size=16 * 1024 * 1024)
+        proc2 = run_until_handled_over(server, max_message_size=16 * 1024 * 1024)
         assert proc2.cursors == [cursor]

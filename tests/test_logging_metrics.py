@@ -16,7 +16,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from conftest import Recorder, cfg, publish_entries, run, running, wait_until
+from conftest import Recorder, cfg, publish_entries, run, started, wait_until
 from memory_service_processor import Runtime
 from memory_service_processor._logging import (
     StructuredLogFilter,
@@ -99,9 +99,9 @@ def test_rust_core_records_arrive_with_structured_fields(server: LocalMemoryServ
     runtime = Runtime(Recorder(), cfg("bridge", after_cursor="start", checkpoint_interval=0.05), endpoint=server.endpoint)
 
     async def go() -> None:
-        async with running(runtime):
-            await wait_until(lambda: runtime.stats()["events_handled"] == 5, "5 handled events")
-            await wait_until(
+        async with started(runtime) as s:
+            await s.wait(lambda: runtime.stats()["events_handled"] == 5, "5 handled events")
+            await s.wait(
                 lambda: any(getattr(r, "cursor", None) == cursors[-1] for r in capture.records),
                 "a checkpoint record with the last cursor",
             )
@@ -168,10 +168,10 @@ def test_stats_counters(server: LocalMemoryService) -> None:
     assert before["events_handled"] == 0 and before["phase"] == "connecting" and before["last_cursor"] is None
 
     async def go() -> Dict[str, Any]:
-        async with running(runtime):
-            await wait_until(lambda: runtime.stats()["phase"] == "live", "the live phase")
-            await wait_until(lambda: runtime.stats()["events_handled"] == 40, "40 handled events")
-            await wait_until(lambda: runtime.stats()["checkpoints_written"] >= 1, "a checkpoint")
+        async with started(runtime) as s:
+            await s.wait(lambda: runtime.stats()["phase"] == "live", "the live phase")
+            await s.wait(lambda: runtime.stats()["events_handled"] == 40, "40 handled events")
+            await s.wait(lambda: runtime.stats()["checkpoints_written"] >= 1, "a checkpoint")
             return runtime.stats()
 
     live = run(go())
@@ -218,9 +218,9 @@ def test_prometheus_collector_reads_stats_on_scrape(server: LocalMemoryService) 
         assert _scrape(metrics.port)["memory_service_processor_events_handled_total"] == 0
 
         async def go() -> Dict[str, float]:
-            async with running(runtime):
-                await wait_until(lambda: runtime.stats()["events_handled"] == 25, "25 handled events")
-                await wait_until(lambda: runtime.stats()["phase"] == "live", "the live phase")
+            async with started(runtime) as s:
+                await s.wait(lambda: runtime.stats()["events_handled"] == 25, "25 handled events")
+                await s.wait(lambda: runtime.stats()["phase"] == "live", "the live phase")
                 return await asyncio.get_running_loop().run_in_executor(None, _scrape, metrics.port)
 
         scraped = run(go())

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 
-from conftest import ADMIN_KEY, USER_KEY, Recorder, cfg, run
+from conftest import ADMIN_KEY, USER_KEY, Recorder, cfg, run, started
 from memory_service_processor import (
     Checkpoint,
     CheckpointClient,
@@ -43,7 +43,7 @@ from memory_service_processor import (
     TransientError,
 )
 from memory_service_processor._stores import checkpoint_store_from_spec
-from memory_service_processor.testing import InMemoryEventClient, ProcessorRun
+from memory_service_processor.testing import InMemoryEventClient, ProcessorRun, run_until_handled
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -151,25 +151,6 @@ class Boom(Exception):
     """A user exception: fatal when raised by a client."""
 
 
-async def run_until(rt: Runtime, p: Recorder, cursor: Optional[str], *, timeout: float = 20.0) -> None:
-    """Runs ``rt`` until ``p`` handled ``cursor`` (observed through ``handle``, no polling), then
-    stops it gracefully. The run's exception (if any) propagates."""
-    reached = asyncio.get_running_loop().create_future()
-    original = p.handle
-
-    def handle(event: EventEnvelope) -> None:
-        original(event)
-        if event.cursor == cursor and not reached.done():
-            reached.set_result(None)
-
-    p.handle = handle  # type: ignore[method-assign]
-    task = asyncio.ensure_future(rt.run())
-    done, _ = await asyncio.wait({task, reached}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    rt.stop()
-    await task  # raises the run's exception
-    assert reached in done, f"cursor {cursor} not handled; handled {p.handled}"
-
-
 # ----------------------------------------------------------------------------------------------
 # Protocols
 # ----------------------------------------------------------------------------------------------
@@ -264,15 +245,14 @@ def test_user_clients_drive_the_runtime_in_order_with_checkpoints():
     source = ScriptedSource([[signal("phase", phase="replay"), ev(1), ev(2), signal("phase", phase="live"), ev(3)]])
     store = DictStore()
     p = Recorder()
-    rt = Runtime(
-        p,
-        cfg(kinds=["entry"], entry_roles=["USER"], after_cursor="start", justification="audit", conversation_ids=["c1"]),
-        events=source,
-        checkpoints=store,
-    )
+    config = cfg(kinds=["entry"], entry_roles=["USER"], after_cursor="start", justification="audit", conversation_ids=["c1"])
+
+    # Not the testing kit: its final read of the checkpoint would count in store.gets.
+    rt = Runtime(p, config, events=source, checkpoints=store)
 
     async def main() -> None:
-        await run_until(rt, p, "3")
+        async with started(rt, p) as s:
+            await s.wait_handled(3)
         # The Python clients' coroutines ran on the loop (and thread) that awaited run().
         assert source.threads == store.threads == {threading.get_ident()}
         assert source.loops == store.loops == {id(asyncio.get_running_loop())}
@@ -299,8 +279,7 @@ def test_resume_from_a_user_store_loads_state_and_subscribes_after_its_cursor():
     store.items["proc"] = Checkpoint("proc", Recorder.CONTENT_TYPE, {"lastEventCursor": "7", "count": 7})
     source = ScriptedSource([[ev(8), ev(9)]])
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), events=source, checkpoints=store)
-    run(run_until(rt, p, "9"))
+    run(run_until_handled(p, None, cfg(after_cursor="start"), events=source, checkpoints=store, until_cursor="9"))
     assert p.loaded == [{"lastEventCursor": "7", "count": 7}]
     assert source.after_cursors == ["7"]
     assert p.handled == ["8", "9"] and store.cursor() == "9"
@@ -310,8 +289,7 @@ def test_checkpoint_not_found_means_first_run_from_the_configured_cursor():
     source = ScriptedSource([[ev(1)]])
     store = DictStore()
     p = Recorder()
-    rt = Runtime(p, cfg(), events=source, checkpoints=store)  # after_cursor=None: live tail
-    run(run_until(rt, p, "1"))
+    run(run_until_handled(p, None, cfg(), events=source, checkpoints=store, until_cursor="1"))  # after_cursor=None: live tail
     assert p.loaded == []  # load() is not called on a first run
     assert source.after_cursors == [None]
 
@@ -333,10 +311,9 @@ def test_transient_subscribe_errors_are_retried_with_backoff():
     source = ScriptedSource([[ev(1), ev(2)]], subscribe_errors=[TransientError("down"), TransientError("still down")])
     store = DictStore()
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), events=source, checkpoints=store)
-    run(run_until(rt, p, "2"))
+    result = run(run_until_handled(p, None, cfg(after_cursor="start"), events=source, checkpoints=store, until_cursor="2"))
     assert source.after_cursors == ["start", "start", "start"]
-    assert rt.stats()["reconnects"] == 2
+    assert result.stats["reconnects"] == 2
     assert p.handled == ["1", "2"] and store.cursor() == "2"
 
 
@@ -346,8 +323,7 @@ def test_a_transient_error_subclass_is_retried_too():
 
     source = ScriptedSource([[ev(1)]], subscribe_errors=[RateLimited("slow down")])
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), events=source, checkpoints=DictStore())
-    run(run_until(rt, p, "1"))
+    run(run_until_handled(p, None, cfg(after_cursor="start"), events=source, checkpoints=DictStore(), until_cursor="1"))
     assert len(source.requests) == 2
 
 
@@ -361,11 +337,10 @@ def test_transient_recv_error_resumes_after_the_last_event_without_loss_or_dupli
     )
     store = DictStore()
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), events=source, checkpoints=store)
-    run(run_until(rt, p, "6"))
+    result = run(run_until_handled(p, None, cfg(after_cursor="start"), events=source, checkpoints=store, until_cursor="6"))
     assert p.handled == ["1", "2", "3", "4", "5", "6"]
     assert source.after_cursors == ["start", "3", "5"]
-    assert rt.stats()["reconnects"] == 2
+    assert result.stats["reconnects"] == 2
     assert store.cursor() == "6"
 
 
@@ -373,7 +348,13 @@ def test_transient_checkpoint_get_errors_are_retried():
     store = DictStore(get_errors=[TransientError("store busy"), TransientError("store busy")])
     source = ScriptedSource([[ev(1)]])
     p = Recorder()
-    run(run_until(Runtime(p, cfg(after_cursor="start"), events=source, checkpoints=store), p, "1"))
+    rt = Runtime(p, cfg(after_cursor="start"), events=source, checkpoints=store)
+
+    async def main() -> None:
+        async with started(rt, p) as s:  # not the kit: its final read would count in store.gets
+            await s.wait_handled(1)
+
+    run(main())
     assert store.gets == 3
     assert p.handled == ["1"]
 
@@ -382,9 +363,8 @@ def test_transient_checkpoint_put_errors_are_retried_and_the_state_written_later
     store = DictStore(put_errors=[TransientError("store busy")] * 3)
     source = ScriptedSource([[ev(1), ev(2), ev(3)]])
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), events=source, checkpoints=store)
-    run(run_until(rt, p, "3"))
-    assert rt.stats()["checkpoints_failed"] == 3
+    result = run(run_until_handled(p, None, cfg(after_cursor="start"), events=source, checkpoints=store, until_cursor="3"))
+    assert result.stats["checkpoints_failed"] == 3
     assert store.cursor() == "3"  # the final state reached the store in the end
     assert p.handled == ["1", "2", "3"]
 
@@ -503,8 +483,7 @@ def test_stale_cursor_policy_restart_with_a_python_source():
     source = _stale_source()
     p = Recorder()
     store = _stored_at_2()
-    rt = Runtime(p, cfg(stale_cursor="restart"), events=source, checkpoints=store)
-    run(run_until(rt, p, "6"))
+    run(run_until_handled(p, None, cfg(stale_cursor="restart"), events=source, checkpoints=store, until_cursor="6"))
     assert [r.after_cursor for r in source.requests] == ["2", "start"]
     assert p.handled == ["5", "6"]
     assert "invalidate" in p.signal_names()
@@ -531,10 +510,8 @@ def test_eviction_resumes_immediately_not_after_the_backoff():
     """With a one-hour backoff the run could only finish if the resubscribe is immediate."""
     source = ScriptedSource([[ev(1), ev(2), signal("evicted", reason="slow consumer"), END], [ev(3)]])
     p = Recorder()
-    rt = Runtime(
-        p, cfg(after_cursor="start", reconnect_min=3600.0, reconnect_max=3600.0), events=source, checkpoints=DictStore()
-    )
-    run(run_until(rt, p, "3"))
+    config = cfg(after_cursor="start", reconnect_min=3600.0, reconnect_max=3600.0)
+    run(run_until_handled(p, None, config, events=source, checkpoints=DictStore(), until_cursor="3"))
     assert source.after_cursors == ["start", "2"]
     assert p.handled == ["1", "2", "3"]
 
@@ -548,8 +525,8 @@ def test_user_key_with_a_file_store_needs_no_admin_checkpoint_service(auth_serve
     auth_server.publish_many([("entry", "appended", {"conversation": "c1"})] * 3)
     store = checkpoint_store_from_spec(f"file:{tmp_path}")
     p = Recorder()
-    rt = Runtime(p, cfg(scope="user", after_cursor="start"), endpoint=auth_server.endpoint, api_key=USER_KEY, checkpoints=store)
-    run(run_until(rt, p, "3"))
+    run(run_until_handled(p, auth_server, cfg(scope="user", after_cursor="start"), api_key=USER_KEY, checkpoints=store,
+                          until_cursor="3"))
     assert p.handled == ["1", "2", "3"]
     assert run(store.get("proc")).value["lastEventCursor"] == "3"
     methods = {r.method for r in auth_server.requests()}
@@ -559,16 +536,16 @@ def test_user_key_with_a_file_store_needs_no_admin_checkpoint_service(auth_serve
     # A restart resumes from the file.
     auth_server.publish("entry", "appended", {"conversation": "c1"})
     p2 = Recorder()
-    rt2 = Runtime(p2, cfg(scope="user", after_cursor="start"), endpoint=auth_server.endpoint, api_key=USER_KEY, checkpoints=FileCheckpointStore(tmp_path))
-    run(run_until(rt2, p2, "4"))
+    run(run_until_handled(p2, auth_server, cfg(scope="user", after_cursor="start"), api_key=USER_KEY,
+                          checkpoints=FileCheckpointStore(tmp_path), until_cursor="4"))
     assert p2.handled == ["4"]
 
 
 def test_python_events_with_the_grpc_checkpoint_service(server):
     source = ScriptedSource([[ev(1), ev(2)]])
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint, events=source)
-    run(run_until(rt, p, "2"))
+    # the server as source: its gRPC checkpoint service stores the checkpoints
+    run(run_until_handled(p, server, cfg(after_cursor="start"), events=source, until_cursor="2"))
     assert server.checkpoint("proc").value["lastEventCursor"] == "2"
 
 

@@ -1,6 +1,7 @@
 """Never lose an event (issue 3): transient faults, dropped streams, server restarts, fatal
 codes, stale cursors, eviction, mid-stream invalidate, checkpoint write failures, processor
-errors, reachability and secrets -- against a real LocalMemoryService with injected faults."""
+errors, reachability and secrets -- against a real LocalMemoryService with injected faults.
+What they check is stated in docs/semantics.md, sections 8 to 14."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from memory_service_processor import (
     StaleCursorError,
     SubscribeRequest,
 )
-from memory_service_processor.testing import LocalMemoryService
+from memory_service_processor.testing import LocalMemoryService, ProcessorRun, run_until_handled
 
 from conftest import (
     ADMIN_KEY,
@@ -36,11 +37,10 @@ from conftest import (
     cfg,
     cursors,
     publish_entries,
+    Started,
     run,
-    running,
+    started,
     stored_cursor,
-    wait_live,
-    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -77,18 +77,18 @@ def test_transient_subscribe_failures_are_retried(server, code):
     publish_entries(server, 10)
     server.fail("SubscribeEvents", code, 2)
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 10, "10 events")
+        async with ProcessorRun(p, server, cfg(after_cursor="start")) as r:
+            await r.until_handled()  # 10 events
             publish_entries(server, 2)
-            await wait_until(lambda: len(p.handled) >= 12, "12 events")
+            await r.until_handled()  # 12 events
+        return r
 
-    run(main())
+    r = run(main())
     assert_exactly_once(p.handled, 12)
     assert count(server, "SubscribeEvents") == 3
-    assert rt.stats()["reconnects"] >= 2
+    assert r.result.stats["reconnects"] >= 2
     assert stored_cursor(server) == "12"
 
 
@@ -97,13 +97,7 @@ def test_transient_get_checkpoint_failures_are_retried(server):
     server.put_checkpoint("proc", Recorder.CONTENT_TYPE, {"lastEventCursor": "1"})
     server.fail("GetCheckpoint", "UNAVAILABLE", 2)
     p = Recorder()
-    rt = Runtime(p, cfg(), endpoint=server.endpoint)
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 2, "events 2, 3")
-
-    run(main())
+    run(run_until_handled(p, server, cfg()))
     assert p.loaded == [{"lastEventCursor": "1"}]
     assert p.handled == ["2", "3"]
     assert count(server, "GetCheckpoint") == 3
@@ -116,19 +110,19 @@ def test_dropped_streams_resume_without_loss_or_duplicates(server, cls):
     publish_entries(server, 300)
 
     async def main():
-        async with running(rt):
+        async with started(rt, p, server) as s:
             # drop while the replay is in progress, then while live, several times
             for n in (40, 120, 200):
-                await wait_until(lambda: len(p.handled) >= n, f"{n} events")
-                await wait_until(lambda: server.subscriber_count == 1, "a subscription")
+                await s.wait_handled(n)
+                await s.wait(lambda: server.subscriber_count == 1, "a subscription")
                 server.drop_streams("connection reset by test")
-            await wait_until(lambda: len(p.handled) >= 300, "300 events")
+            await s.wait_handled(300)
             for _ in range(3):
-                await wait_live(rt, server)
+                await s.wait_live()
                 publish_entries(server, 20)
                 server.drop_streams()
                 publish_entries(server, 20)  # while reconnecting
-            await wait_until(lambda: len(p.handled) >= 420, "420 events")
+            await s.wait_handled(420)
 
     run(main())
     assert_exactly_once(p.handled, 420)
@@ -142,18 +136,18 @@ def test_server_stop_start_mid_stream_resumes(server):
     publish_entries(server, 200)
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 50, "50 events")
+        async with started(rt, p, server) as s:
+            await s.wait_handled(50)
             await server.stop()
             publish_entries(server, 50)  # published while the server is down
             await server.start()
-            await wait_until(lambda: len(p.handled) >= 250, "250 events")
-            await wait_live(rt, server)
+            await s.wait_handled(250)
+            await s.wait_live()
             await server.stop()
             await server.start()
-            await wait_live(rt, server)
+            await s.wait_live()
             publish_entries(server, 10)
-            await wait_until(lambda: len(p.handled) >= 260, "260 events")
+            await s.wait_handled(260)
 
     run(main())
     assert_exactly_once(p.handled, 260)
@@ -168,12 +162,12 @@ def test_server_down_before_the_first_connection_is_waited_for():
     rt = Runtime(p, cfg(after_cursor="start", reconnect_max=0.1), endpoint=f"127.0.0.1:{port}")
 
     async def main():
-        async with running(rt):
+        async with started(rt, p, server) as s:
             await asyncio.sleep(0.3)  # let it fail a few times (not an assertion)
             await server.start()
             try:
                 publish_entries(server, 3)
-                await wait_until(lambda: len(p.handled) >= 3, "3 events")
+                await s.wait_handled(3)
             finally:
                 rt.stop()
         await server.stop()
@@ -246,11 +240,11 @@ def test_fatal_code_mid_run_keeps_what_was_handled(server):
     rt = Runtime(p, cfg(after_cursor="start", checkpoint_every=1000), endpoint=server.endpoint)
 
     async def main():
-        task = asyncio.ensure_future(rt.run())
-        await wait_until(lambda: len(p.handled) >= 5, "5 events")
+        s = Started(rt, p, server)
+        await s.wait_handled(5)
         server.fail("SubscribeEvents", "PERMISSION_DENIED", 1)
         server.drop_streams()
-        await asyncio.wait_for(task, 20)
+        await asyncio.wait_for(s.task, 20)
 
     with pytest.raises(ServerStatusError) as info:
         run(main())
@@ -287,13 +281,12 @@ def test_stale_cursor_policy_fail(server):
 def test_stale_cursor_policy_restart(server):
     _stale_setup(server)
     p = Recorder()
-    rt = Runtime(p, cfg(stale_cursor="restart"), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 4, "retained events 7..10")
+        async with ProcessorRun(p, server, cfg(stale_cursor="restart")) as r:
+            await r.until_handled()  # the retained events 7..10
             publish_entries(server, 1)
-            await wait_until(lambda: len(p.handled) >= 5, "a live event")
+            await r.until_handled()  # a live event
 
     run(main())
     assert p.handled == cursors(7, 11)
@@ -310,11 +303,11 @@ def test_stale_cursor_policy_tail(server):
     rt = Runtime(p, cfg(stale_cursor="tail"), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_live(rt, server)
-            await wait_until(lambda: "invalidate" in p.signal_names(), "the invalidate signal")
+        async with started(rt, p, server) as s:
+            await s.wait_live()
+            await s.wait_signal("invalidate")
             new = publish_entries(server, 3)
-            await wait_until(lambda: len(p.handled) >= 3, "3 new events")
+            await s.wait_handled(3)
             return new
 
     new = run(main())
@@ -336,13 +329,8 @@ def test_stale_cursor_is_logged(server, caplog):
     _stale_setup(server)
     caplog.set_level(logging.INFO, logger="memory_service_processor")
     p = Recorder()
-    rt = Runtime(p, cfg(stale_cursor="restart"), endpoint=server.endpoint)
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 4, "retained events")
-
-    run(main())
+    run(run_until_handled(p, server, cfg(stale_cursor="restart")))
+    assert p.handled == cursors(7, 10)  # the retained events
     assert any("stale" in r.getMessage().lower() and r.levelno >= logging.WARNING for r in caplog.records)
 
 
@@ -358,12 +346,12 @@ def test_slow_consumer_eviction_resumes_with_nothing_lost():
         rt = Runtime(p, cfg(after_cursor="start", buffer_size=8, max_batch=4), endpoint=server.endpoint)
 
         async def main():
-            async with running(rt):
-                await wait_live(rt, server)
+            async with started(rt, p, server) as s:
+                await s.wait_live()
                 for _ in range(6):
                     publish_entries(server, 200)
                     await asyncio.sleep(0.01)
-                await wait_until(lambda: len(p.handled) >= 1200, "1200 events", timeout=60)
+                await s.wait_handled(1200, timeout=60)
 
         run(main(), timeout=80)
         assert_exactly_once(p.handled, 1200)
@@ -380,15 +368,15 @@ def test_evict_all_resumes_immediately_with_nothing_lost(server):
     rt = Runtime(p, cfg(after_cursor="start", reconnect_min=5.0, reconnect_max=10.0), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_live(rt, server)
+        async with started(rt, p, server) as s:
+            await s.wait_live()
             publish_entries(server, 10)
-            await wait_until(lambda: len(p.handled) >= 10, "10 events")
+            await s.wait_handled(10)
             server.evict_all("too many connections")
             publish_entries(server, 10)  # possibly while reconnecting
             # resumed immediately: well before the 5 s backoff a clean end would cost
-            await wait_until(lambda: len(p.handled) >= 20, "20 events", timeout=4.0)
-            await wait_live(rt, server)
+            await s.wait_handled(20, timeout=4.0)
+            await s.wait_live()
 
     run(main())
     assert_exactly_once(p.handled, 20)
@@ -402,17 +390,17 @@ def test_mid_stream_invalidate_reaches_the_hook_and_nothing_is_lost(server):
     rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_live(rt, server)
+        async with started(rt, p, server) as s:
+            await s.wait_live()
             publish_entries(server, 10)
-            await wait_until(lambda: len(p.handled) >= 10, "10 events")
+            await s.wait_handled(10)
             server.invalidate("pubsub recovery")
             publish_entries(server, 10)
-            await wait_until(lambda: "invalidate" in p.signal_names(), "invalidate signal")
-            await wait_until(lambda: len(p.handled) >= 20, "20 events")
-            await wait_live(rt, server)
+            await s.wait_signal("invalidate")
+            await s.wait_handled(20)
+            await s.wait_live()
             publish_entries(server, 5)
-            await wait_until(lambda: len(p.handled) >= 25, "25 events")
+            await s.wait_handled(25)
 
     run(main())
     assert_exactly_once(p.handled, 25)
@@ -427,12 +415,12 @@ def test_mid_stream_invalidate_in_tail_mode_keeps_running(server):
     rt = Runtime(p, cfg(after_cursor=None), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_live(rt, server)
+        async with started(rt, p, server) as s:
+            await s.wait_live()
             server.invalidate("pubsub recovery")
-            await wait_until(lambda: "invalidate" in p.signal_names(), "invalidate signal")
+            await s.wait_signal("invalidate")
             publish_entries(server, 3)
-            await wait_until(lambda: len(p.handled) >= 3, "3 events")
+            await s.wait_handled(3)
 
     run(main())
     assert p.handled == ["1", "2", "3"]
@@ -447,12 +435,12 @@ def test_transient_put_checkpoint_failures_are_retried_without_blocking(server):
     rt = Runtime(p, cfg(after_cursor="start", reconnect_min=0.05, reconnect_max=0.1), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_live(rt, server)
+        async with started(rt, p, server) as s:
+            await s.wait_live()
             server.fail("PutCheckpoint", "UNAVAILABLE", 3)
             publish_entries(server, 30)
-            await wait_until(lambda: len(p.handled) >= 30, "30 events")  # handling went on
-            await wait_until(lambda: stored_cursor(server) == "30", "the newest checkpoint")
+            await s.wait_handled(30)  # handling went on
+            await s.wait(lambda: stored_cursor(server) == "30", "the newest checkpoint")
             assert rt.stats()["checkpoints_failed"] >= 3
 
     run(main())
@@ -463,11 +451,10 @@ def test_transient_put_checkpoint_failures_are_retried_without_blocking(server):
 def test_put_checkpoint_failing_at_stop_is_retried_within_stop_timeout(server):
     publish_entries(server, 5)
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start", checkpoint_every=1000, stop_timeout=5.0), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 5, "5 events")
+        async with ProcessorRun(p, server, cfg(after_cursor="start", checkpoint_every=1000, stop_timeout=5.0)) as r:
+            await r.until_handled()  # 5 events
             server.fail("PutCheckpoint", "UNAVAILABLE", 2)
 
     run(main())
@@ -481,11 +468,11 @@ def test_stop_while_the_server_is_down_returns_within_stop_timeout(server):
     rt = Runtime(p, cfg(after_cursor="start", checkpoint_every=3, stop_timeout=0.5), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
+        async with started(rt, p, server) as s:
             publish_entries(server, 3)
-            await wait_until(lambda: stored_cursor(server) == "3", "the checkpoint after 3 events")
+            await s.wait(lambda: stored_cursor(server) == "3", "the checkpoint after 3 events")
             publish_entries(server, 2)  # 2 < checkpoint_every: not written until stop
-            await wait_until(lambda: len(p.handled) >= 5, "5 events")
+            await s.wait_handled(5)
             await server.stop()
         await server.start()
 
@@ -580,13 +567,7 @@ def test_undecodable_event_data_only_fails_on_access(server):
                     seen.append(str(e))
 
     p = Lazy()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 3, "3 events")
-
-    run(main())
+    run(run_until_handled(p, server, cfg(after_cursor="start")))
     assert p.handled == ["1", "2", "3"]
     assert seen[0] == b"<html>not json</html>"
     assert bad in seen[1]
@@ -598,13 +579,13 @@ def test_processor_error_in_handle_during_reconnects_is_not_masked(server):
     rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
 
     async def main():
-        task = asyncio.ensure_future(rt.run())
-        await wait_live(rt, server)
+        s = Started(rt, p, server)
+        await s.wait_live()
         for _ in range(3):
             publish_entries(server, 5)
             server.drop_streams()
             await asyncio.sleep(0.02)
-        await asyncio.wait_for(task, 20)
+        await asyncio.wait_for(s.task, 20)
 
     with pytest.raises(RuntimeError) as info:
         run(main())
@@ -626,8 +607,8 @@ def test_unreachable_endpoint_retries_and_stops_cleanly(caplog):
                  checkpoints=InMemoryCheckpointStore())
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: rt.stats()["reconnects"] >= 3, "3 reconnects")
+        async with started(rt, p) as s:
+            await s.wait(lambda: rt.stats()["reconnects"] >= 3, "3 reconnects")
 
     run(main(), timeout=30)  # returns normally: stop() ends the retrying cleanly
     failures = [r for r in caplog.records if "subscribe failed" in r.getMessage()]
@@ -653,8 +634,8 @@ def test_unreachable_endpoint_while_loading_the_checkpoint_stops_cleanly(caplog)
         return len([r for r in caplog.records if "loading checkpoint failed" in r.getMessage()])
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: load_failures() >= 3, "3 logged attempts")
+        async with started(rt, p) as s:
+            await s.wait(lambda: load_failures() >= 3, "3 logged attempts")
 
     run(main(), timeout=30)
     assert load_failures() >= 3
@@ -667,11 +648,11 @@ def test_cancelling_while_the_endpoint_is_unreachable_returns_normally():
     rt = Runtime(p, cfg(reconnect_min=0.02, reconnect_max=0.05), endpoint=f"127.0.0.1:{port}")
 
     async def main():
-        task = asyncio.ensure_future(rt.run())
+        s = Started(rt, p)
         await asyncio.sleep(0.2)  # a few failed attempts (not an assertion)
-        task.cancel()
+        s.task.cancel()
         try:
-            await asyncio.wait_for(task, 10)
+            await asyncio.wait_for(s.task, 10)
         except asyncio.CancelledError:
             pass  # cancellation may propagate; what matters is no other error
 
@@ -705,18 +686,18 @@ def test_secrets_never_appear_in_logs_reprs_or_errors(caplog):
         texts += [("repr(runtime)", repr(rt)), ("str(runtime)", str(rt))]
 
         async def main():
-            async with running(rt):
-                await wait_until(lambda: len(p.handled) >= 20, "20 events")
+            async with started(rt, p, server) as s:
+                await s.wait_handled(20)
                 server.fail("PutCheckpoint", "UNAVAILABLE", 2)
                 server.fail("SubscribeEvents", "UNAVAILABLE", 2)
                 server.drop_streams("reset")
                 publish_entries(server, 5)
-                await wait_until(lambda: len(p.handled) >= 25, "25 events")
-                await wait_until(lambda: stored_cursor(server) == "25", "checkpoint")
+                await s.wait_handled(25)
+                await s.wait(lambda: stored_cursor(server) == "25", "checkpoint")
                 server.evict_all()
                 server.invalidate()
                 publish_entries(server, 1)
-                await wait_until(lambda: len(p.handled) >= 26, "26 events")
+                await s.wait_handled(26)
 
         run(main())
         texts.append(("stats", str(rt.stats())))

@@ -1,6 +1,7 @@
 """The runtime end to end (issue "The runtime"): start position, resume, content type, stream
 signals, flush, metadata, checkpoint values, sync/async processors, processor failures,
-threading, the documented example, and filters -- all against a real LocalMemoryService."""
+threading, the documented example, and filters -- all against a real LocalMemoryService.
+What they check is stated in docs/semantics.md, sections 1 to 7 and 12 to 14."""
 
 from __future__ import annotations
 
@@ -16,24 +17,27 @@ from memory_service_processor import (
     ContentTypeMismatchError,
     EventEnvelope,
     EventProcessor,
+    InMemoryCheckpointStore,
     MemoryServiceProcessorError,
     Runtime,
 )
+from memory_service_processor.testing import ProcessorRun, run_until_handled
 
 from conftest import (
     ADMIN_KEY,
     API_KEYS,
     BEARER,
     CONTENT_TYPE,
+    USER_KEY,
     AsyncRecorder,
     Recorder,
+    Started,
     cfg,
     cursors,
     publish_entries,
     run,
-    running,
+    started,
     stored_cursor,
-    wait_live,
     wait_until,
 )
 
@@ -47,13 +51,12 @@ pytestmark = pytest.mark.timeout(60)
 def test_first_run_from_start_handles_every_retained_event_in_order(server):
     published = publish_entries(server, 7)
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 7, "7 events")
+        async with ProcessorRun(p, server, cfg(after_cursor="start")) as r:
+            await r.until_handled()
             later = publish_entries(server, 3)
-            await wait_until(lambda: len(p.handled) >= 10, "10 events")
+            await r.until_handled()
             return later
 
     later = run(main())
@@ -68,13 +71,12 @@ def test_first_run_from_start_handles_every_retained_event_in_order(server):
 def test_first_run_from_an_explicit_cursor_starts_right_after_it(server):
     publish_entries(server, 6)
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="4"), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 2, "events 5 and 6")
+        async with ProcessorRun(p, server, cfg(after_cursor="4")) as r:
+            await r.until_handled()  # events 5 and 6
             publish_entries(server, 2)
-            await wait_until(lambda: len(p.handled) >= 4, "events 7 and 8")
+            await r.until_handled()  # events 7 and 8
 
     run(main())
     assert p.handled == ["5", "6", "7", "8"]
@@ -84,13 +86,12 @@ def test_first_run_from_an_explicit_cursor_starts_right_after_it(server):
 def test_first_run_without_after_cursor_tails_only_new_events(server):
     publish_entries(server, 5)  # before the run: never seen
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor=None), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_live(rt, server)
+        async with ProcessorRun(p, server, cfg(after_cursor=None)) as r:
+            await r.until_handled()  # nothing to replay: the live phase
             new = publish_entries(server, 3)
-            await wait_until(lambda: len(p.handled) >= 3, "3 new events")
+            await r.until_handled()
             return new
 
     new = run(main())
@@ -106,26 +107,19 @@ def test_first_run_without_after_cursor_tails_only_new_events(server):
 def test_second_run_resumes_exactly_after_the_saved_cursor(server):
     publish_entries(server, 5)
     first = Recorder()
-    rt1 = Runtime(first, cfg(after_cursor="start"), endpoint=server.endpoint)
-
-    async def one():
-        async with running(rt1):
-            await wait_until(lambda: len(first.handled) >= 5, "5 events")
-
-    run(one())
+    run(run_until_handled(first, server, cfg(after_cursor="start")))
     assert first.handled == cursors(1, 5)
     assert server.checkpoint("proc").value == {"lastEventCursor": "5", "count": 5}
 
     publish_entries(server, 4)  # 6..9 while no processor runs
     second = Recorder()
-    # after_cursor is ignored once a checkpoint exists
-    rt2 = Runtime(second, cfg(after_cursor="start"), endpoint=server.endpoint)
 
     async def two():
-        async with running(rt2):
-            await wait_until(lambda: len(second.handled) >= 4, "4 more events")
+        # after_cursor is ignored once a checkpoint exists
+        async with ProcessorRun(second, server, cfg(after_cursor="start")) as r:
+            await r.until_handled()  # 4 more events
             publish_entries(server, 1)
-            await wait_until(lambda: len(second.handled) >= 5, "one live event")
+            await r.until_handled()  # one live event
 
     run(two())
     assert second.loaded == [{"lastEventCursor": "5", "count": 5}]
@@ -139,13 +133,7 @@ def test_resume_from_a_checkpoint_written_by_someone_else(server):
     publish_entries(server, 8)
     server.put_checkpoint("proc", CONTENT_TYPE, {"lastEventCursor": "3", "count": 3, "extra": [1]})
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor=None), endpoint=server.endpoint)
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 5, "events 4..8")
-
-    run(main())
+    run(run_until_handled(p, server, cfg(after_cursor=None)))
     assert p.loaded == [{"lastEventCursor": "3", "count": 3, "extra": [1]}]
     assert p.handled == cursors(4, 8)
 
@@ -154,13 +142,7 @@ def test_checkpoint_without_cursor_falls_back_to_after_cursor(server):
     publish_entries(server, 3)
     server.put_checkpoint("proc", CONTENT_TYPE, {"count": 0})
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 3, "3 events")
-
-    run(main())
+    run(run_until_handled(p, server, cfg(after_cursor="start")))
     assert p.loaded == [{"count": 0}]
     assert p.handled == cursors(1, 3)
 
@@ -187,17 +169,11 @@ def test_content_type_mismatch_raises_with_both_types(server):
 
 
 def test_empty_stored_content_type_is_accepted(server):
-    """The seed only compares a non-empty stored content type."""
+    """Only a non-empty stored content type is compared (docs/semantics.md#4-resume)."""
     publish_entries(server, 4)
     server.put_checkpoint("proc", "", {"lastEventCursor": "2"})
     p = Recorder()
-    rt = Runtime(p, cfg(), endpoint=server.endpoint)
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 2, "events 3, 4")
-
-    run(main())
+    run(run_until_handled(p, server, cfg()))
     assert p.handled == ["3", "4"]
 
 
@@ -208,19 +184,14 @@ def test_empty_stored_content_type_is_accepted(server):
 def test_stream_signals_never_reach_handle_but_reach_on_stream_event(server):
     publish_entries(server, 3)
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 3 and len(p.signals) >= 2, "events and phases")
-
-    run(main())
+    result = run(run_until_handled(p, server, cfg(after_cursor="start")))
+    assert p.handled == cursors(1, 3)
     assert all(e.kind != "stream" for e in p.events)
     assert [(s.kind, s.event, s.data) for s in p.signals[:2]] == [
         ("stream", "phase", {"phase": "replay"}),
         ("stream", "phase", {"phase": "live"}),
     ]
-    st = rt.stats()
+    st = result.stats
     assert st["events_handled"] == 3
     assert st["events_skipped"] >= 2
     assert st["events_received"] == st["events_handled"] + st["events_skipped"]
@@ -239,11 +210,11 @@ def test_processor_without_on_stream_event_hook_works(server):
 
     publish_entries(server, 2)
     p = Plain()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
+    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)  # unwrapped: no hook at all
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.kinds) >= 2, "2 events")
+        async with started(rt) as s:
+            await s.wait(lambda: len(p.kinds) >= 2, "2 events")
 
     run(main())
     assert p.kinds == ["entry", "entry"]
@@ -276,13 +247,15 @@ def test_flush_runs_on_the_interval_and_a_checkpoint_follows(server):
 
     publish_entries(server, 5)
     p = Buffered()
-    rt = Runtime(p, cfg(after_cursor="start", checkpoint_interval=0.1, checkpoint_every=10_000), endpoint=server.endpoint)
+    config = cfg(after_cursor="start", checkpoint_interval=0.1, checkpoint_every=10_000)
 
     async def main():
-        async with running(rt):
+        async with ProcessorRun(p, server, config) as r:
+            await r.until_handled()
             await wait_until(lambda: p.flushes >= 3, "3 interval flushes")
             await wait_until(lambda: stored_cursor(server) == "5", "a checkpoint after the flush")
             publish_entries(server, 2)
+            await r.until_handled()
             await wait_until(lambda: stored_cursor(server) == "7", "the next interval checkpoint")
 
     run(main())
@@ -307,13 +280,15 @@ def test_flush_runs_on_the_interval_while_events_keep_coming(server):
                  endpoint=server.endpoint)
     busy_checkpoints: List[str] = []
 
+    def all_handled() -> bool:
+        c = stored_cursor(server)
+        if c is not None and int(c) < 600:
+            busy_checkpoints.append(c)
+        return len(p.handled) >= 600
+
     async def main():
-        async with running(rt):
-            while len(p.handled) < 600:
-                c = stored_cursor(server)
-                if c is not None and int(c) < 600:
-                    busy_checkpoints.append(c)
-                await asyncio.sleep(0.01)
+        async with started(rt, p) as s:
+            await s.wait(all_handled, "600 events")
 
     run(main())
     busy = [n for n in p.handled_at_flush if 0 < n < 600]
@@ -326,50 +301,52 @@ def test_flush_and_final_checkpoint_on_stop(server):
     publish_entries(server, 3)
     p = Recorder()
     # a long interval and a large checkpoint_every: only stop() causes a flush and a write
-    rt = Runtime(p, cfg(after_cursor="start", checkpoint_interval=3600, checkpoint_every=1000), endpoint=server.endpoint)
+    config = cfg(after_cursor="start", checkpoint_interval=3600, checkpoint_every=1000)
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 3, "3 events")
+        async with ProcessorRun(p, server, config) as r:
+            await r.until_handled()
             assert p.flushes == 0
             assert server.checkpoint("proc") is None
+        return r
 
-    run(main())
+    r = run(main())
     assert p.flushes == 1
     assert server.checkpoint("proc").value == {"lastEventCursor": "3", "count": 3}
-    assert rt.stats()["phase"] == "stopped"
+    assert r.runtime.stats()["phase"] == "stopped"
 
 
 def test_checkpoint_after_every_event_by_default(server):
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_live(rt, server)
+        async with ProcessorRun(p, server, cfg(after_cursor="start")) as r:
+            await r.until_handled()  # nothing published yet: the live phase
             for i in range(3):
                 c = server.publish("entry", "appended", {"i": i})
                 # checkpoint_every=1: each handled event is written without a stop or interval
                 await wait_until(lambda: stored_cursor(server) == c, f"checkpoint at {c}")
+        return r
 
-    run(main())
-    assert rt.stats()["checkpoints_written"] >= 3
+    r = run(main())
+    assert r.result.stats["checkpoints_written"] >= 3
 
 
 def test_unchanged_snapshot_is_not_written_again(server):
     publish_entries(server, 2)
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start", checkpoint_interval=0.05), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
+        async with ProcessorRun(p, server, cfg(after_cursor="start", checkpoint_interval=0.05)) as r:
+            await r.until_handled()
             await wait_until(lambda: stored_cursor(server) == "2", "checkpoint")
             await wait_until(lambda: p.flushes >= 4, "several idle flushes")
+        return r
 
-    run(main())
+    r = run(main())
     puts = [r for r in server.requests() if r.method == "PutCheckpoint"]
     assert 1 <= len(puts) <= 2  # the idle flushes produced identical snapshots
-    assert rt.stats()["checkpoints_skipped"] >= 3
+    assert r.result.stats["checkpoints_skipped"] >= 3
 
 
 def test_stop_before_run_returns_promptly_without_handling(server):
@@ -388,12 +365,12 @@ def test_stop_from_another_thread(server):
     rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
 
     async def main():
-        task = asyncio.ensure_future(rt.run())
-        await wait_until(lambda: len(p.handled) >= 3, "3 events")
-        t = threading.Thread(target=rt.stop)
-        t.start()
-        await asyncio.wait_for(task, 20)
-        t.join()
+        async with started(rt, p) as s:
+            await s.wait_handled(3)
+            t = threading.Thread(target=rt.stop)
+            t.start()
+            await asyncio.wait_for(asyncio.shield(s.task), 20)  # this stop alone ends the run
+            t.join()
 
     run(main())
     assert stored_cursor(server) == "3"
@@ -405,11 +382,11 @@ def test_cancelling_the_run_task_stops_gracefully(server):
     rt = Runtime(p, cfg(after_cursor="start", checkpoint_every=1000), endpoint=server.endpoint)
 
     async def main():
-        task = asyncio.ensure_future(rt.run())
-        await wait_until(lambda: len(p.handled) >= 3, "3 events")
-        task.cancel()
+        s = Started(rt, p)
+        await s.wait_handled(3)
+        s.task.cancel()
         try:
-            await asyncio.wait_for(task, 20)
+            await asyncio.wait_for(s.task, 20)
         except asyncio.CancelledError:
             pass
 
@@ -426,17 +403,11 @@ def test_server_sees_the_configured_metadata_on_every_rpc(auth_server):
     server = auth_server
     publish_entries(server, 2)
     p = Recorder()
-    rt = Runtime(
-        p,
-        cfg("meta-proc", after_cursor="start"),
-        endpoint=server.endpoint,
-        api_key=ADMIN_KEY,
-        bearer_token=BEARER,
-    )
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 2, "2 events")
+        async with ProcessorRun(p, server, cfg("meta-proc", after_cursor="start"), api_key=ADMIN_KEY,
+                                bearer_token=BEARER) as r:
+            await r.until_handled()
             await wait_until(lambda: stored_cursor(server, "meta-proc") == "2", "checkpoint")
 
     run(main())
@@ -455,13 +426,8 @@ def test_bearer_token_alone_authenticates(auth_server):
     server = auth_server
     publish_entries(server, 1)
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint, bearer_token=BEARER)
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 1, "1 event")
-
-    run(main())
+    run(run_until_handled(p, server, cfg(after_cursor="start"), bearer_token=BEARER))
+    assert p.handled == ["1"]
     md = [r.metadata for r in server.requests() if r.method == "SubscribeEvents"][0]
     assert md.get("authorization") == f"Bearer {BEARER}"
     assert "x-api-key" not in md
@@ -493,10 +459,10 @@ def test_nested_checkpoint_round_trips_through_the_runtime(server):
 
     publish_entries(server, 2)
     p = Nested()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
+        async with ProcessorRun(p, server, cfg(after_cursor="start")) as r:
+            await r.until_handled()
             await wait_until(lambda: stored_cursor(server) == "2", "checkpoint")
 
     run(main())
@@ -504,13 +470,7 @@ def test_nested_checkpoint_round_trips_through_the_runtime(server):
 
     # a second run loads exactly the same value
     q = Nested()
-    rt2 = Runtime(q, cfg(), endpoint=server.endpoint)
-
-    async def again():
-        async with running(rt2):
-            await wait_live(rt2, server)
-
-    run(again())
+    run(run_until_handled(q, server, cfg()))
     assert q.loaded == [NESTED]
 
 
@@ -522,14 +482,13 @@ def test_nested_checkpoint_round_trips_through_the_runtime(server):
 def test_sync_and_async_processors(server, cls):
     publish_entries(server, 20)
     p = cls()
-    rt = Runtime(p, cfg(after_cursor="start", checkpoint_interval=0.05), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 20, "20 events")
+        async with ProcessorRun(p, server, cfg(after_cursor="start", checkpoint_interval=0.05)) as r:
+            await r.until_handled()  # 20 events
             await wait_until(lambda: p.flushes >= 2, "interval flushes")
             publish_entries(server, 5)
-            await wait_until(lambda: len(p.handled) >= 25, "25 events")
+            await r.until_handled()  # 25 events
             await wait_until(lambda: len(p.signals) >= 2, "phase signals")
 
     run(main())
@@ -549,13 +508,7 @@ def test_sync_handle_returning_an_awaitable_is_awaited(server):
 
     publish_entries(server, 5)
     p = ReturnsCoroutine()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 5, "5 events")
-
-    run(main())
+    run(run_until_handled(p, server, cfg(after_cursor="start")))
     assert p.handled == cursors(1, 5)
     assert stored_cursor(server) == "5"
 
@@ -565,37 +518,28 @@ def test_many_events_exactly_once_in_order(server):
     for _ in range(4):
         publish_entries(server, 5000)
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start", buffer_size=1000, max_batch=256), endpoint=server.endpoint)
 
     async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 20_000, "20000 replayed events", timeout=60)
+        async with ProcessorRun(p, server, cfg(after_cursor="start", buffer_size=1000, max_batch=256)) as r:
+            await r.until_handled(timeout=60)  # 20000 replayed events
             publish_entries(server, 5000)
-            await wait_until(lambda: len(p.handled) >= 25_000, "5000 live events", timeout=60)
+            await r.until_handled(timeout=60)  # 5000 live events
+        return r
 
-    run(main(), timeout=120)
+    r = run(main(), timeout=120)
     assert p.handled == cursors(1, 25_000)
     assert stored_cursor(server) == "25000"
-    st = rt.stats()
+    st = r.result.stats
     assert st["events_handled"] == 25_000
     # writes never block handling: under load they coalesce (far fewer writes than events)
     assert 1 <= st["checkpoints_written"] < 25_000
 
 
 def test_user_scope_with_a_user_key(auth_server):
-    from memory_service_processor import InMemoryCheckpointStore
-    from conftest import USER_KEY
-
     publish_entries(auth_server, 3)
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start", scope="user"), endpoint=auth_server.endpoint, api_key=USER_KEY,
-                 checkpoints=InMemoryCheckpointStore())
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 3, "3 events")
-
-    run(main())
+    run(run_until_handled(p, auth_server, cfg(after_cursor="start", scope="user"), api_key=USER_KEY,
+                          checkpoints=InMemoryCheckpointStore()))
     assert p.handled == cursors(1, 3)
 
 
@@ -611,13 +555,7 @@ def test_async_handle_may_await_other_tasks(server):
 
     publish_entries(server, 10)
     p = Awaiting()
-    rt = Runtime(p, cfg(after_cursor="start"), endpoint=server.endpoint)
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 10, "10 events")
-
-    run(main())
+    run(run_until_handled(p, server, cfg(after_cursor="start")))
     assert p.handled == cursors(1, 10)
 
 
@@ -642,13 +580,8 @@ def test_plain_object_processor_without_base_class(server):
 
     publish_entries(server, 3)
     d = Duck()
-    rt = Runtime(d, cfg(after_cursor="start"), endpoint=server.endpoint)
-
-    async def main():
-        async with running(rt):
-            await wait_until(lambda: d.n >= 3, "3 events")
-
-    run(main())
+    run(run_until_handled(d, server, cfg(after_cursor="start")))
+    assert d.n == 3
     assert server.checkpoint("proc").value == {"lastEventCursor": "3", "n": 3}
 
 
@@ -695,13 +628,13 @@ def test_handler_exception_stops_the_run_unchanged_and_is_not_checkpointed(serve
         publish_entries(server, 10)  # one replayed batch containing the failing event
 
     async def main():
-        task = asyncio.ensure_future(rt.run())
+        s = Started(rt, p, server)
         if live:
-            await wait_live(rt, server)
+            await s.wait_live()
             for i in range(10):
                 server.publish("entry", "appended", {"i": i})
                 await asyncio.sleep(0.01)
-        await asyncio.wait_for(task, 20)
+        await asyncio.wait_for(s.task, 20)
 
     with pytest.raises(HandlerBoom) as info:
         run(main())
@@ -752,25 +685,26 @@ def test_every_processor_method_runs_on_the_event_loop_thread(server, cls):
     server.put_checkpoint("proc", CONTENT_TYPE, {"lastEventCursor": "0"})
     publish_entries(server, 50)
     p = cls()
-    rt = Runtime(p, cfg(after_cursor="start", checkpoint_interval=0.02, checkpoint_every=3), endpoint=server.endpoint)
+    config = cfg(after_cursor="start", checkpoint_interval=0.02, checkpoint_every=3)
     loop_thread: List[int] = []
 
     async def main():
         loop_thread.append(threading.get_ident())
-        async with running(rt):
-            await wait_until(lambda: len(p.handled) >= 50, "50 events")
+        async with ProcessorRun(p, server, config) as r:
+            await r.until_handled()  # 50 events
             await wait_until(lambda: p.flushes >= 2, "flushes")
             server.invalidate("pubsub recovery")
             await wait_until(lambda: "invalidate" in p.signal_names(), "invalidate signal")
 
     run(main())
+    assert p.handled == cursors(1, 50)
     assert set(p.threads) >= {"content_type", "load", "handle", "snapshot", "flush", "on_stream_event"}
     for method, idents in p.threads.items():
         assert idents == {loop_thread[0]}, method
 
 
 # ---------------------------------------------------------------------------------------------
-# The documented example (python-api.md), verbatim
+# The documented example (the README quickstart's processor, with a flush)
 
 
 class EntryCounter(EventProcessor):
@@ -804,26 +738,14 @@ def test_the_documented_example_processor(server):
     config = Config(client_id="entry-counter", kinds=["entry"], scope="admin",
                     checkpoint_interval=5.0, after_cursor="start")
     counter = EntryCounter()
-    runtime = Runtime(counter, config, endpoint=server.endpoint, api_key="unused-without-auth")
-
-    async def main():
-        async with running(runtime):
-            await wait_until(lambda: counter.count >= 4, "4 entries")
-
-    run(main())
+    run(run_until_handled(counter, server, config, api_key="unused-without-auth"))
     assert counter.count == 4
     assert server.checkpoint("entry-counter").value == {"count": 4, "lastEventCursor": "4"}
     assert server.checkpoint("entry-counter").content_type == "application/vnd.example.entry-counter+json;v=1"
 
     server.publish("entry", "appended", {"conversation": "c", "entry": "e5"})
     again = EntryCounter()
-    runtime2 = Runtime(again, config, endpoint=server.endpoint)
-
-    async def main2():
-        async with running(runtime2):
-            await wait_until(lambda: again.count >= 5, "the counter continues from the checkpoint")
-
-    run(main2())
+    run(run_until_handled(again, server, config))  # the counter continues from the checkpoint
     assert again.count == 5
     assert server.checkpoint("entry-counter").value == {"count": 5, "lastEventCursor": "6"}
 
@@ -866,15 +788,10 @@ def _mixed(server):
 def test_filters(server, options, expected):
     _mixed(server)
     p = Recorder()
-    rt = Runtime(p, cfg(after_cursor="start", **options), endpoint=server.endpoint)
-
-    async def main():
-        async with running(rt):
-            # signals and events share one ordered buffer: once the processor has seen the
-            # "live" phase, every replayed event before it was handled
-            await wait_until(lambda: {"phase": "live"} in [s.data for s in p.signals], "live phase")
-
-    run(main())
+    # signals and events share one ordered buffer: once the processor has seen the "live" phase
+    # (what run_until_handled waits for here), every replayed event before it was handled
+    result = run(run_until_handled(p, server, cfg(after_cursor="start", **options)))
+    assert {"phase": "live"} in [s.data for s in result.signals]
     assert p.handled == expected
     if expected:
         assert stored_cursor(server) == expected[-1]
