@@ -16,9 +16,11 @@ pub mod error;
 pub mod grpc;
 pub mod jsonvalue;
 pub mod model;
+pub mod payload;
 pub mod server;
 pub mod stats;
 pub mod stream_loop;
+pub mod upstream;
 pub mod wake;
 
 /// Generated protobuf and tonic code for `memory.v1`.
