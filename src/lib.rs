@@ -15,6 +15,7 @@ pub mod driver;
 pub mod error;
 pub mod grpc;
 pub mod jsonvalue;
+pub mod lanes;
 pub mod model;
 pub mod payload;
 pub mod server;
