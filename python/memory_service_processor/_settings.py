@@ -5,7 +5,11 @@ Every field of :class:`~memory_service_processor.Config` and every connection op
 name, kind, default, check (validation and normalization), command-line flag, environment
 variable and help text. The constructors run the checks; the command line builds its options
 and reads its environment variables from the same declarations, and the README's configuration
-tables are generated from them (``python -m memory_service_processor._cli.options --markdown``).
+tables are generated from them (``python scripts/settings_tables.py``).
+
+Every duration accepts :data:`DURATION_MIN` (10 ms) to :data:`DURATION_MAX` (365 days) and every
+size declares its maximum, so that no value can reach an overflow or a panic in the native core;
+a value outside its range is refused, never clamped.
 """
 
 from __future__ import annotations
@@ -363,7 +367,7 @@ def check_readable_file(name: str, value: Any) -> Optional[str]:
     """``None``, or the path (``str`` or path-like) of an existing file, as a ``str``."""
     if value is None:
         return None
-    path = os.fspath(value)
+    path: str = os.fspath(value)
     if not os.path.isfile(path):
         raise ConfigurationError(f"{name} {path!r} is not a readable file")
     return path
