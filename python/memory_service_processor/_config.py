@@ -82,7 +82,9 @@ class Config:
 
     Durations accept seconds (``float``), :class:`datetime.timedelta` or text such as ``"5s"``
     and are stored as seconds; lists are stored as tuples of strings; ``scope`` and
-    ``stale_cursor`` lower-case. Every value is checked at construction: a bad one raises
+    ``stale_cursor`` lower-case. Durations must lie between 10 ms and 365 days; counts between 1
+    and their declared maximum; ``client_id`` must be printable ASCII of at most 1,024 bytes (it
+    travels as gRPC metadata). Every value is checked at construction: a bad one raises
     :class:`~memory_service_processor.ConfigurationError` (a ``ValueError``) or ``TypeError``
     naming the field; an unknown field raises ``TypeError``. The meaning of each field is its
     setting's help text (the README's "Processing" table, ``run --help``).

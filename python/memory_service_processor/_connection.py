@@ -102,7 +102,8 @@ class ConnectionOptions:
     """How to reach a Memory Service. Secrets are kept out of ``repr``.
 
     ``endpoint`` is ``host:port``, ``http://host:port``, ``https://host:port`` (TLS, system
-    roots unless ``tls_ca_file`` is given) or ``unix:///absolute/path.sock``. Every option is
+    roots unless ``tls_ca_file`` is given) or ``unix:///absolute/path.sock``. Durations must lie
+    between 10 ms and 365 days and ``max_message_size`` at most 2 GiB - 1. Every option is
     checked here; a bad one raises :class:`~memory_service_processor.ConfigurationError` (a
     ``ValueError``) or ``TypeError`` naming it.
     """
