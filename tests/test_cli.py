@@ -448,3 +448,109 @@ def test_a_bad_checkpoint_store_is_a_usage_error(server: LocalMemoryService, tmp
     assert r.returncode == 2
     lines = error_lines(r.stderr)
     assert len(lines) == 1 and "checkpoint" in lines[0] and "file:PATH" in lines[0], r.stderr
+
+
+# -- absurd values and processors that exit on import ---------------------------------------------
+
+RUN = ["run", "examples/entry_counter.py:EntryCounter", "--endpoint", "h:1"]
+
+
+@pytest.mark.parametrize(
+    "args, env, needle",
+    [
+        ([], {"MEMORY_SERVICE_PROCESS_CHECKPOINT_INTERVAL": "1e20"}, "MEMORY_SERVICE_PROCESS_CHECKPOINT_INTERVAL"),
+        ([], {"MEMORY_SERVICE_PROCESS_CHECKPOINT_INTERVAL": "1e-9"}, "MEMORY_SERVICE_PROCESS_CHECKPOINT_INTERVAL"),
+        ([], {"MEMORY_SERVICE_PROCESS_STOP_TIMEOUT": "1.5e19"}, "MEMORY_SERVICE_PROCESS_STOP_TIMEOUT"),
+        ([], {"MEMORY_SERVICE_PROCESS_BUFFER_SIZE": "99999999999999999999999"}, "MEMORY_SERVICE_PROCESS_BUFFER_SIZE"),
+        ([], {"MEMORY_SERVICE_PROCESS_MAX_BATCH": "1e3"}, "MEMORY_SERVICE_PROCESS_MAX_BATCH"),
+        ([], {"MEMORY_SERVICE_PROCESS_CHECKPOINT_EVERY": "9" * 5000}, "MEMORY_SERVICE_PROCESS_CHECKPOINT_EVERY"),
+        ([], {"MEMORY_SERVICE_GRPC_MAX_MESSAGE_SIZE": "99999999999999999999999"}, "MEMORY_SERVICE_GRPC_MAX_MESSAGE_SIZE"),
+        ([], {"MEMORY_SERVICE_GRPC_REQUEST_TIMEOUT": "1.5e19"}, "MEMORY_SERVICE_GRPC_REQUEST_TIMEOUT"),
+        ([], {"MEMORY_SERVICE_GRPC_KEEPALIVE_INTERVAL": "1.5e19"}, "MEMORY_SERVICE_GRPC_KEEPALIVE_INTERVAL"),
+        ([], {"MEMORY_SERVICE_PROCESS_CLIENT_ID": "x" * 5000}, "MEMORY_SERVICE_PROCESS_CLIENT_ID"),
+        ([], {"MEMORY_SERVICE_PROCESS_CLIENT_ID": "caf\u00e9"}, "MEMORY_SERVICE_PROCESS_CLIENT_ID"),
+        (["--max-message-size", str(2**31)], {}, "--max-message-size"),
+        (["--checkpoint-interval", "1e400"], {}, "--checkpoint-interval"),
+        (["--buffer-size", "99999999999999999999999"], {}, "--buffer-size"),
+        (["--metrics-port", "70000"], {}, "--metrics-port"),
+        (["--client-id", "a\tb"], {}, "--client-id"),
+    ],
+    ids=lambda v: (v if isinstance(v, str) else repr(v))[:40],
+)
+def test_absurd_values_exit_2_with_one_line_naming_the_variable_or_flag(
+    args: List[str], env: Dict[str, str], needle: str
+) -> None:
+    if "--client-id" not in args:
+        env.setdefault("MEMORY_SERVICE_PROCESS_CLIENT_ID", "x")
+    r = cli(*RUN, *args, env=_env(**env), timeout=30)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith(PREFIX) and needle in lines[0], lines[0]
+    assert len(lines[0]) < 400  # a 5,000-character value is not echoed whole
+    assert "Traceback" not in r.stderr and "panic" not in r.stderr.lower()
+
+
+def test_checkpoint_command_refuses_absurd_values_naming_the_variable() -> None:
+    r = cli("checkpoint", "get", "--endpoint", "h:1", "--client-id", "x",
+            env=_env(MEMORY_SERVICE_GRPC_REQUEST_TIMEOUT="1e20"), timeout=30)
+    assert r.returncode == 2, r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and "MEMORY_SERVICE_GRPC_REQUEST_TIMEOUT" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        ("import sys\nsys.exit(0)", "called sys.exit(0)"),
+        ("import sys\nsys.exit()", "called sys.exit()"),
+        ("raise SystemExit(3)", "called sys.exit(3)"),
+        ("raise SystemExit('bye')", "called sys.exit('bye')"),
+        ("raise KeyboardInterrupt", "raised KeyboardInterrupt"),
+        ("class Stop(BaseException):\n    pass\nraise Stop('no more')", "raised Stop: no more"),
+    ],
+    ids=["exit-0", "exit-none", "exit-3", "exit-text", "keyboard-interrupt", "base-exception"],
+)
+@pytest.mark.parametrize("form", ["file", "module"])
+def test_a_processor_module_that_exits_on_import_is_reported(tmp_path: Path, code: str, message: str, form: str) -> None:
+    (tmp_path / "exiting_mod.py").write_text(code + "\n")
+    target = f"{tmp_path / 'exiting_mod.py'}:P" if form == "file" else "exiting_mod:P"
+    shown = repr(str(tmp_path / "exiting_mod.py")) if form == "file" else "'exiting_mod'"
+    r = cli("run", target, "--endpoint", "h:1", "--client-id", "x",
+            env=_env(PYTHONPATH=str(tmp_path)), timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = error_lines(r.stderr)
+    assert lines == [f"{PREFIX} importing {shown} {message}"], r.stderr
+
+
+def test_a_processor_constructor_that_exits_is_reported(tmp_path: Path) -> None:
+    write(tmp_path / "exits_in_init.py", """
+        import sys
+
+        from memory_service_processor import EventProcessor
+
+
+        class P(EventProcessor):
+            def __init__(self):
+                sys.exit(0)
+    """)
+    r = cli("run", f"{tmp_path / 'exits_in_init.py'}:P", "--endpoint", "h:1", "--client-id", "x", timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and "called sys.exit(0)" in lines[0] and "exits_in_init.py:P" in lines[0], r.stderr
+
+
+def test_ctrl_c_during_a_slow_import_is_still_an_interrupt(tmp_path: Path) -> None:
+    write(tmp_path / "slow_import.py", """
+        import sys
+        import time
+
+        print("importing", file=sys.stderr, flush=True)
+        time.sleep(30)
+    """)
+    proc = start("run", f"{tmp_path / 'slow_import.py'}:P", "--endpoint", "h:1", "--client-id", "x")
+    assert proc.stderr is not None
+    assert proc.stderr.readline().strip() == "importing"
+    code, _, err = finish(proc, signal.SIGINT)
+    assert code == 130, err
+    assert "interrupted" in err and "raised KeyboardInterrupt" not in err

@@ -12,14 +12,17 @@ import datetime as _dt
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ._settings import (
+    CLIENT_ID_MAX_BYTES,
+    COUNTER_MAX,
+    EVENT_COUNT_MAX,
     Check,
     Duration,
     Setting,
+    check_client_id,
     check_count,
     check_duration,
     check_one_of,
     check_optional_text,
-    check_required_text,
     check_text_list,
     parse_duration,
 )
@@ -42,10 +45,13 @@ def _declare(
     choices: Tuple[str, ...] = (),
     default_doc: Optional[str] = None,
     required: bool = False,
+    maximum: Optional[float] = None,
 ) -> Dict[str, Setting]:
     """The metadata of a :class:`Config` field: its :class:`Setting`, completed by
     :func:`_declared` with the field's name and default, the flag ``--kebab-name`` and the
-    variable ``MEMORY_SERVICE_PROCESS_UPPER_NAME``."""
+    variable ``MEMORY_SERVICE_PROCESS_UPPER_NAME``. Durations accept
+    :data:`~memory_service_processor._settings.DURATION_MIN` to ``DURATION_MAX``; an ``int``
+    declares its ``maximum``."""
     if check is None and kind == "choice":
         check = check_one_of(*choices)
     declared = Setting(
@@ -58,6 +64,7 @@ def _declare(
         metavar=metavar,
         default_doc=default_doc,
         required=required,
+        maximum=maximum,
     )
     return {SETTING: declared}
 
@@ -75,7 +82,9 @@ class Config:
 
     Durations accept seconds (``float``), :class:`datetime.timedelta` or text such as ``"5s"``
     and are stored as seconds; lists are stored as tuples of strings; ``scope`` and
-    ``stale_cursor`` lower-case. Every value is checked at construction: a bad one raises
+    ``stale_cursor`` lower-case. Durations must lie between 10 ms and 365 days; counts between 1
+    and their declared maximum; ``client_id`` must be printable ASCII of at most 1,024 bytes (it
+    travels as gRPC metadata). Every value is checked at construction: a bad one raises
     :class:`~memory_service_processor.ConfigurationError` (a ``ValueError``) or ``TypeError``
     naming the field; an unknown field raises ``TypeError``. The meaning of each field is its
     setting's help text (the README's "Processing" table, ``run --help``).
@@ -83,7 +92,10 @@ class Config:
 
     client_id: str = dataclasses.field(
         metadata=_declare(
-            "str", "identifies the processor and its checkpoint", check_required_text,
+            "str",
+            "identifies the processor and its checkpoint; sent as gRPC metadata, so printable ASCII "
+            f"without leading or trailing spaces, at most {CLIENT_ID_MAX_BYTES} bytes",
+            check_client_id,
             metavar="ID", required=True,
         ),
     )
@@ -142,7 +154,7 @@ class Config:
             "int",
             "a checkpoint write is due after this many handled events; writes never block handling "
             "and coalesce under load. Raise it to write less",
-            check_count, metavar="N",
+            check_count, metavar="N", maximum=COUNTER_MAX,
         ),
     )
     reconnect_min: Duration = dataclasses.field(
@@ -173,13 +185,13 @@ class Config:
     buffer_size: int = dataclasses.field(
         default=4096, metadata=_declare(
             "int", "events buffered between the network and the processor", check_count,
-            metavar="N",
+            metavar="N", maximum=EVENT_COUNT_MAX,
         ),
     )
     max_batch: int = dataclasses.field(
         default=512, metadata=_declare(
             "int", "most events handed to the processor per batch (a stop waits for the batch in hand)",
-            check_count, metavar="N",
+            check_count, metavar="N", maximum=EVENT_COUNT_MAX,
         ),
     )
     stop_timeout: Duration = dataclasses.field(

@@ -7,9 +7,11 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _native
 from ._settings import (
+    MESSAGE_SIZE_MAX,
     Duration,
     Setting,
     check_duration,
+    check_optional_client_id,
     check_positive_int,
     check_readable_file,
     check_secret,
@@ -51,7 +53,7 @@ CONNECTION_SETTINGS: Tuple[Setting, ...] = (
         check=check_secret, flag="--bearer-token", env="MEMORY_SERVICE_BEARER_TOKEN", metavar="TOKEN",
         attribute="_bearer_token",
     ),
-    _option("client_id", "str", "sent as `x-client-id` with every call"),
+    _option("client_id", "str", "sent as `x-client-id` with every call", check=check_optional_client_id),
     _option(
         "tls_ca_file", "str",
         "PEM file of the CA that signed the server's certificate (`https://` endpoints)",
@@ -88,7 +90,7 @@ CONNECTION_SETTINGS: Tuple[Setting, ...] = (
     _option(
         "max_message_size", "int", "largest gRPC message accepted, in bytes",
         default=_native.DEFAULT_MAX_MESSAGE_SIZE, check=check_positive_int, flag="--max-message-size",
-        env="MEMORY_SERVICE_GRPC_MAX_MESSAGE_SIZE", metavar="BYTES",
+        env="MEMORY_SERVICE_GRPC_MAX_MESSAGE_SIZE", metavar="BYTES", maximum=MESSAGE_SIZE_MAX,
         default_doc=f"{_native.DEFAULT_MAX_MESSAGE_SIZE} ({_native.DEFAULT_MAX_MESSAGE_SIZE >> 20} MiB)",
     ),
 )
@@ -100,7 +102,8 @@ class ConnectionOptions:
     """How to reach a Memory Service. Secrets are kept out of ``repr``.
 
     ``endpoint`` is ``host:port``, ``http://host:port``, ``https://host:port`` (TLS, system
-    roots unless ``tls_ca_file`` is given) or ``unix:///absolute/path.sock``. Every option is
+    roots unless ``tls_ca_file`` is given) or ``unix:///absolute/path.sock``. Durations must lie
+    between 10 ms and 365 days and ``max_message_size`` at most 2 GiB - 1. Every option is
     checked here; a bad one raises :class:`~memory_service_processor.ConfigurationError` (a
     ``ValueError``) or ``TypeError`` naming it.
     """

@@ -58,7 +58,7 @@ def _checkpoint_client(values: Mapping[str, Any]) -> GrpcCheckpointClient:
     require(values, "client_id")
     try:
         return GrpcCheckpointClient(endpoint, client_id=values["client_id"], **connection_kwargs(values))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ArithmeticError) as e:  # a value the native side refused
         raise UsageError(str(e)) from None
 
 

@@ -1,17 +1,67 @@
-"""Loading the user's processor from ``package.module:ClassName`` or ``path/to/file.py:ClassName``."""
+"""Loading the user's processor from ``package.module:ClassName`` or ``path/to/file.py:ClassName``.
+
+A module (or constructor) that calls ``sys.exit()`` or raises another ``BaseException`` is a
+usage error saying so (exit 2), not a silent exit with the module's status.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
+import signal
 import sys
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+import threading
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .._processor import EventProcessor
 from .errors import UsageError
 
 __all__ = ["load_processor", "processor_kwargs"]
+
+
+@contextlib.contextmanager
+def _user_code(what: str) -> Iterator[None]:
+    """Runs the user's module-level code or constructor (``what``: ``importing 'mod'``).
+
+    A ``sys.exit()``, a ``KeyboardInterrupt`` the code raised itself or any other
+    ``BaseException`` that is not an ``Exception`` becomes a :class:`UsageError` saying so
+    (exit 2, one line) instead of ending the command silently with the code's exit status. A
+    real Ctrl-C meanwhile stays a ``KeyboardInterrupt`` (exit 130). Ordinary exceptions pass
+    through unchanged.
+    """
+    signals: List[int] = []
+    handler: Any = None
+    if threading.current_thread() is threading.main_thread():
+        try:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+
+                def on_sigint(signum: int, frame: Any) -> None:
+                    signals.append(signum)
+                    raise KeyboardInterrupt
+
+                signal.signal(signal.SIGINT, on_sigint)
+                handler = on_sigint
+        except (ValueError, OSError):  # no signals here (e.g. an embedded interpreter)
+            handler = None
+    try:
+        yield
+    except SystemExit as e:
+        call = "sys.exit()" if e.code is None else f"sys.exit({e.code!r})"
+        raise UsageError(f"{what} called {call}") from None
+    except KeyboardInterrupt:
+        if signals:
+            raise
+        raise UsageError(f"{what} raised KeyboardInterrupt") from None
+    except Exception:
+        raise
+    except BaseException as e:
+        detail = f": {e}" if str(e) else ""
+        raise UsageError(f"{what} raised {type(e).__name__}{detail}") from None
+    finally:
+        if handler is not None and signal.getsignal(signal.SIGINT) is handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _import_target(spec: str) -> Tuple[Any, str]:
@@ -37,12 +87,18 @@ def _import_target(spec: str) -> Tuple[Any, str]:
             raise UsageError(f"processor {spec!r}: cannot load {module_part!r} as Python")
         module = importlib.util.module_from_spec(spec_obj)
         sys.modules[mod_name] = module
-        spec_obj.loader.exec_module(module)
+        try:
+            with _user_code(f"importing {module_part!r}"):
+                spec_obj.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(mod_name, None)  # as a failed import leaves no module behind
+            raise
         return module, attr
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the working directory
     try:
-        module = importlib.import_module(module_part)
+        with _user_code(f"importing {module_part!r}"):
+            module = importlib.import_module(module_part)
     except ModuleNotFoundError as e:
         if e.name and (module_part == e.name or module_part.startswith(e.name + ".")):
             raise UsageError(f"processor {spec!r}: no module named {e.name!r}") from None
@@ -82,7 +138,8 @@ def load_processor(spec: str, kwargs: Optional[Mapping[str, str]] = None) -> Any
     kwargs = dict(kwargs or {})
     if isinstance(target, type) or (callable(target) and not _is_processor(target)):
         try:
-            processor = target(**kwargs)
+            with _user_code(f"creating the processor {spec!r}"):
+                processor = target(**kwargs)
         except TypeError as e:
             raise UsageError(f"processor {spec!r}: cannot create it: {e}") from None
     else:

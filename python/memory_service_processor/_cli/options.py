@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Seque
 
 from .._config import CONFIG_SETTINGS, Config
 from .._connection import CONNECTION_SETTINGS
-from .._settings import Setting, parse_duration
+from .._settings import PORT_MAX, Setting, parse_duration, shown_value
 from .errors import UsageError
 
 __all__ = [
@@ -61,7 +61,7 @@ CLI_SETTINGS: Tuple[Setting, ...] = (
         "metrics_port", "int",
         "serve Prometheus metrics at `http://ADDR:PORT/metrics` (needs the `[prometheus]` extra)",
         flag="--metrics-port", env="MEMORY_SERVICE_PROCESS_METRICS_PORT", group="cli", metavar="PORT",
-        default_doc="off", minimum=0,
+        default_doc="off", minimum=0, maximum=PORT_MAX,
     ),
     Setting(
         "metrics_addr", "str", "address the metrics server listens on",
@@ -134,7 +134,7 @@ def int_at_least(name: str, minimum: int) -> Callable[[str], int]:
         try:
             number = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {shown_value(text)}") from None
         if number < minimum:
             raise argparse.ArgumentTypeError(f"{name} must be at least {minimum}, got {number}")
         return number
@@ -148,7 +148,7 @@ def duration_argument(name: str) -> Callable[[str], float]:
     def convert(text: str) -> float:
         try:
             return parse_duration(text, name)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, ArithmeticError) as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
     return convert
@@ -158,40 +158,48 @@ def duration_argument(name: str) -> Callable[[str], float]:
 
 
 def _convert(o: Setting, raw: Any, source: str) -> Any:
-    """``raw`` (flag value or environment text) converted for ``o``; UsageError naming ``source``."""
+    """``raw`` (flag value or environment text) converted, checked and range-checked for ``o``
+    as its constructor would; UsageError naming ``source`` (the flag or the variable) for any
+    value that cannot be used, so that no ValueError, OverflowError or TypeError escapes."""
     try:
-        if o.kind == "list":
-            parts: List[str] = []
-            for item in raw if isinstance(raw, list) else [raw]:
-                parts.extend(p.strip() for p in str(item).split(",") if p.strip())
-            return tuple(parts)
-        text = str(raw).strip()
-        if o.kind == "duration":
-            return parse_duration(text, o.name)
-        if o.kind == "int":
-            try:
-                number = int(text)
-            except ValueError:
-                raise ValueError(f"must be a whole number, got {text!r}") from None
-            if number < o.minimum:
-                least = "0 or more" if o.minimum == 0 else f"at least {o.minimum}"
-                raise ValueError(f"must be {least}, got {number}")
-            return number
-        if o.kind == "choice":
-            choice = text.lower()
-            if choice not in o.choices:
-                raise ValueError(f"must be one of {', '.join(o.choices)}, got {text!r}")
-            return choice
-        if o.kind == "secret":
-            if not text:
-                raise ValueError("must not be empty")
-            return text
-        return text
-    except (ValueError, TypeError) as e:
+        value = _parse(o, raw)
+        if value in ("", ()):
+            return value  # unset: `require` or the default decides
+        return o.normalize(value)
+    except (ValueError, TypeError, ArithmeticError) as e:
         message = str(e)
         if o.kind == "secret":  # never echo a secret, even a malformed one
             message = "must be a non-empty string"
         raise UsageError(f"{source}: {message}") from None
+
+
+def _parse(o: Setting, raw: Any) -> Any:
+    """``raw`` as a value of ``o``'s kind (ValueError for text that is not one)."""
+    if o.kind == "list":
+        parts: List[str] = []
+        for item in raw if isinstance(raw, list) else [raw]:
+            parts.extend(p.strip() for p in str(item).split(",") if p.strip())
+        return tuple(parts)
+    text = str(raw).strip()
+    if o.kind == "duration":
+        return parse_duration(text, o.name)
+    if o.kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            if re.fullmatch(r"[+-]?[0-9]+", text):  # digits beyond what int() converts
+                bounds = o.bounds or (1, 0)
+                limit = f"at least {int(bounds[0])}" if text.startswith("-") else f"at most {int(bounds[1])}"
+                raise ValueError(f"{o.name} must be {limit}, got a number of {len(text)} digits") from None
+            raise ValueError(f"must be a whole number, got {shown_value(text)}") from None
+    if o.kind == "choice":
+        choice = text.lower()
+        if choice not in o.choices:
+            raise ValueError(f"must be one of {', '.join(o.choices)}, got {shown_value(text)}")
+        return choice
+    if o.kind == "secret" and not text:
+        raise ValueError("must not be empty")
+    return text
 
 
 def resolve_options(
@@ -234,7 +242,7 @@ def build_config(values: Mapping[str, Any]) -> Config:
     require(values, "client_id")
     try:
         return Config(**kwargs)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ArithmeticError) as e:
         raise UsageError(f"configuration: {e}") from None
 
 
@@ -268,7 +276,7 @@ def _markdown_table(group: str) -> str:
             f"`{o.flag}`",
             f"`{o.env}`",
             o.default_markdown,
-            o.help,
+            o.help_markdown,
         )))
     if group == "cli":
         lines.append(_row(("", f"`{PROCESSOR_ARG_FLAG} {PROCESSOR_ARG_METAVAR}`", "", "", PROCESSOR_ARG_HELP)))

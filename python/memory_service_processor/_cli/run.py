@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = Non
         runtime = Runtime(
             processor, config, endpoint=endpoint, checkpoints=checkpoints, **connection_kwargs(values)
         )
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ArithmeticError) as e:  # a value the native side refused
         raise UsageError(str(e)) from None
     metrics = start_metrics(values, runtime)
     log.info(
