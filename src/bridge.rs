@@ -5,6 +5,7 @@
 //! no Rust lock is held while they do. Python-facing methods that may wait on a lock a Rust
 //! thread holds for long, or on the network, release the GIL (`py.detach`) or return awaitables.
 
+#[cfg(feature = "local-server")]
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
