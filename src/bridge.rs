@@ -5,6 +5,7 @@
 //! no Rust lock is held while they do. Python-facing methods that may wait on a lock a Rust
 //! thread holds for long, or on the network, release the GIL (`py.detach`) or return awaitables.
 
+#[cfg(feature = "local-server")]
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -896,11 +897,13 @@ impl LoadResult {
 // The local server
 
 /// Native half of `memory_service_processor.testing.LocalMemoryService`.
+#[cfg(feature = "local-server")]
 #[pyclass(frozen, module = "memory_service_processor._native")]
 pub struct NativeServer {
-    inner: crate::server::LocalMemoryService,
+    inner: crate::local_server::LocalMemoryService,
 }
 
+#[cfg(feature = "local-server")]
 #[pymethods]
 impl NativeServer {
     #[new]
@@ -939,8 +942,8 @@ impl NativeServer {
                 let mut out = HashMap::new();
                 for (k, role) in m {
                     let r = match role.to_ascii_lowercase().as_str() {
-                        "admin" => crate::server::Role::Admin,
-                        "user" => crate::server::Role::User,
+                        "admin" => crate::local_server::Role::Admin,
+                        "user" => crate::local_server::Role::User,
                         other => {
                             return Err(PyValueError::new_err(format!(
                                 "api key roles must be \"admin\" or \"user\", got {other:?}"
@@ -952,7 +955,7 @@ impl NativeServer {
                 Some(out)
             }
         };
-        let opts = crate::server::ServerOptions {
+        let opts = crate::local_server::ServerOptions {
             host: host.to_string(),
             port,
             unix_path,
@@ -962,7 +965,7 @@ impl NativeServer {
             tls_identity,
         };
         let inner = py
-            .detach(|| crate::server::LocalMemoryService::new(opts))
+            .detach(|| crate::local_server::LocalMemoryService::new(opts))
             .map_err(|e| to_py_err_in(py, e))?;
         Ok(NativeServer { inner })
     }
@@ -1235,6 +1238,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeEventStream>()?;
     m.add_class::<Core>()?;
     m.add_class::<LoadResult>()?;
+    #[cfg(feature = "local-server")]
     m.add_class::<NativeServer>()?;
     m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
     m.add_function(wrap_pyfunction!(shutdown_logging, m)?)?;

@@ -5,7 +5,8 @@
 //! - [`stream_loop`]: subscribe / reconnect / stale cursor / eviction, feeding [`buffer`].
 //! - [`driver`]: the processor-side state machine (batches, flushes, snapshots, stop).
 //! - [`checkpoint_writer`]: non-blocking, coalescing checkpoint writes.
-//! - [`server`]: `LocalMemoryService`, a real gRPC server for tests, benchmarks and the demo.
+//! - [`local_server`] (feature `local-server`): `LocalMemoryService`, a real gRPC server for
+//!   tests, benchmarks and the demo.
 //! - `bridge` (feature `python`): the PyO3 module `memory_service_processor._native`.
 
 pub mod backoff;
@@ -16,9 +17,10 @@ pub mod error;
 pub mod grpc;
 pub mod jsonvalue;
 pub mod lanes;
+#[cfg(feature = "local-server")]
+pub mod local_server;
 pub mod model;
 pub mod payload;
-pub mod server;
 pub mod stats;
 pub mod stream_loop;
 pub mod upstream;

@@ -85,7 +85,9 @@ def test_turn_counter_with_an_in_memory_source_and_no_server():
             ("conversation", "deleted", {"conversation": "c2"}),
         ]
     )
-    result = run(run_until_handled(TurnCounter(), source, "turn-counter"))
+    # the notes' channel is asked for, as the example's docstring runs it (the default is history)
+    config = cfg("turn-counter", after_cursor="start", entry_channels=["history", "memory"])
+    result = run(run_until_handled(TurnCounter(), source, config))
     counter = result.processor
     assert [s.conversation for s in counter.busiest()] == ["c1"]
     (c1,) = counter.busiest()
@@ -94,7 +96,7 @@ def test_turn_counter_with_an_in_memory_source_and_no_server():
     assert result.state["lastEventCursor"] == "7"
     # The in-memory checkpoints are handed back for the next run.
     source.publish_many([entry("c1", "USER")])
-    again = run(run_until_handled(TurnCounter(), source, "turn-counter", checkpoints=result.checkpoints))
+    again = run(run_until_handled(TurnCounter(), source, config, checkpoints=result.checkpoints))
     assert again.cursors == ["8"]
     assert again.processor.busiest()[0].user_turns == 2
 
@@ -339,7 +341,8 @@ def test_in_memory_client_replay_live_and_filters():
     assert source.last_cursor == "4"
 
     async def main() -> None:
-        stream = await source.subscribe(SubscribeRequest(after_cursor="start"))
+        both = ["history", "memory"]  # the default is history only, as on the server
+        stream = await source.subscribe(SubscribeRequest(after_cursor="start", entry_channels=both))
         got = [await stream.recv() for _ in range(6)]
         assert [(e.kind, e.event, e.cursor) for e in got] == [
             ("stream", "phase", None),
@@ -356,7 +359,7 @@ def test_in_memory_client_replay_live_and_filters():
         assert (await pending).cursor == "5"
 
         filtered = await source.subscribe(
-            SubscribeRequest(kinds=["ENTRY"], after_cursor="1", entry_roles=["ai"], conversation_ids=["c1", "c2"])
+            SubscribeRequest(kinds=["ENTRY"], after_cursor="1", entry_roles=["ai"], conversation_ids=["c1", "c2"], entry_channels=both)
         )
         got = [await filtered.recv() for _ in range(4)]
         assert [e.cursor for e in got] == [None, "3", "4", None]

@@ -48,7 +48,7 @@ class _Stored:
             return False
         if kind == "entry":
             return (
-                one_of(request.entry_channels, self.channel)
+                one_of(request.entry_channels or ("history",), self.channel)
                 and one_of(request.entry_content_types, self.content_type)
                 and one_of(request.entry_roles, self.role)
             )
@@ -214,10 +214,11 @@ class InMemoryEventClient:
                 if after == "start":
                     position = 0
                 else:
-                    try:
-                        after_number = int(after)
-                    except ValueError:
-                        raise ValueError(f"malformed after_cursor {after!r}: not a cursor of this client") from None
+                    digits = after.strip()
+                    digits = digits[1:] if digits.startswith("+") else digits
+                    if not (digits.isascii() and digits.isdigit()):  # a decimal cursor, as the server parses it
+                        raise ValueError(f"malformed after_cursor {after!r}: not a cursor of this client")
+                    after_number = int(digits)
                     if after_number + 1 < self._base:
                         pending.append(_signal("invalidate", reason="cursor beyond retention window"))
                         stream = _InMemoryStream(self, request, pending, end, -1)

@@ -266,3 +266,128 @@ async fn persistence_survives_a_new_server_instance() {
     s.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("msp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn stored_checkpoints(dir: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("checkpoints.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// What the callers rely on: a published event is in the file when `publish_many` returns
+/// (a killed server process keeps it) and a checkpoint PUT is on disk when the RPC returns.
+#[tokio::test]
+async fn writes_are_on_disk_when_the_call_returns() {
+    let dir = temp_dir("on-disk");
+    let (s, ep) = server(ServerOptions {
+        data_dir: Some(dir.clone()),
+        ..ServerOptions::default()
+    })
+    .await;
+    s.publish_many(entries(3, "USER"));
+    let lines = std::fs::read_to_string(dir.join("outbox.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+    let admin = GrpcCheckpointStore::new(conn(&ep, None));
+    for n in 0..5 {
+        let v = json!({"lastEventCursor": n.to_string()});
+        admin.put("grpc", "application/t", &v).await.unwrap();
+        assert_eq!(stored_checkpoints(&dir)["grpc"]["value"], v);
+    }
+    assert!(s.delete_checkpoint("grpc"));
+    assert!(stored_checkpoints(&dir).get("grpc").is_none());
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Concurrent PUTs each return after their own write; the file ends with the last table
+/// (writes are queued in the order they happened in memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checkpoint_puts_leave_the_latest_table() {
+    let dir = temp_dir("concurrent-puts");
+    let (s, ep) = server(ServerOptions {
+        data_dir: Some(dir.clone()),
+        ..ServerOptions::default()
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for client in 0..8 {
+        let store = GrpcCheckpointStore::new(conn(&ep, None));
+        tasks.push(tokio::spawn(async move {
+            for n in 0..10 {
+                let v = json!({"n": n});
+                store.put(&format!("c{client}"), "ct", &v).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let on_disk = stored_checkpoints(&dir);
+    for client in 0..8 {
+        assert_eq!(on_disk[format!("c{client}")]["value"]["n"], 9);
+        assert_eq!(s.get_checkpoint(&format!("c{client}")).unwrap().1["n"], 9);
+    }
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn purge_and_a_torn_line_survive_a_restart() {
+    let dir = temp_dir("purge-torn");
+    let opts = ServerOptions {
+        data_dir: Some(dir.clone()),
+        ..ServerOptions::default()
+    };
+    {
+        let (s, _) = server(opts.clone()).await;
+        s.publish_many(entries(6, "USER"));
+        s.purge(2);
+        s.stop().await;
+    }
+    // a crash in the middle of a line
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("outbox.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"c\":7,\"k\":\"entry\"").unwrap();
+    drop(f);
+    {
+        let (s, _) = server(opts.clone()).await;
+        assert_eq!(s.outbox_range(), (3, 7));
+        // the next event starts on a line of its own and is kept by the next instance
+        assert_eq!(s.publish_many(entries(1, "USER")), vec!["7"]);
+        s.stop().await;
+    }
+    let (s, _) = server(opts).await;
+    assert_eq!(s.outbox_range(), (3, 8));
+    s.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A checkpoint file with timestamps no clock can hold loads instead of panicking.
+#[tokio::test]
+async fn a_checkpoint_file_with_odd_timestamps_loads() {
+    let dir = temp_dir("odd-times");
+    std::fs::create_dir_all(&dir).unwrap();
+    let table = json!({
+        "far": {"content_type": "ct", "value": 1, "updated_at": 1e300},
+        "neg": {"content_type": "ct", "value": 2, "updated_at": -5.0},
+        "none": {"value": 3},
+    });
+    std::fs::write(dir.join("checkpoints.json"), table.to_string()).unwrap();
+    let s = LocalMemoryService::new(ServerOptions {
+        data_dir: Some(dir.clone()),
+        ..ServerOptions::default()
+    })
+    .unwrap();
+    for (id, v) in [("far", 1), ("neg", 2), ("none", 3)] {
+        let (_, value, at) = s.get_checkpoint(id).unwrap();
+        assert_eq!(value, v);
+        assert_eq!(at, SystemTime::UNIX_EPOCH);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
