@@ -3,7 +3,8 @@
 Prints one JSON line on stdout with the case's timings and counters; the driver
 (``bench/run.py``) measures the process's peak RSS with ``wait4``. Cases:
 
-``raw``               the pure-Rust reader ``_native.bench_raw_read`` (the wire's limit)
+``raw``               the pure-Rust reader ``bench/raw_read.rs`` (the wire's limit), built with
+                      cargo (feature ``bench``) unless ``--raw-reader`` names the executable
 ``sync``              a trivial sync processor (counts, keeps ``lastEventCursor``), defaults
 ``async``             the same with ``async def handle``
 ``data``              the sync processor reading ``event.data`` (JSON decode) for every event
@@ -22,11 +23,14 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from memory_service_processor import Config, EventProcessor, Runtime, _native
+from memory_service_processor import Config, EventProcessor, Runtime
 
 CONTENT_TYPE = "application/vnd.msp-bench.counter+json;v=1"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -217,6 +221,38 @@ def latency_summary(latencies_ns: List[int], warmup: int) -> Dict[str, Any]:
     }
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_raw_reader() -> str:
+    """Builds ``bench/raw_read.rs`` (``cargo build --release --features bench``); returns the
+    executable's path. Raises ``RuntimeError`` without cargo or when the build fails."""
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        raise RuntimeError("the raw case needs cargo (it builds the Rust reader bench/raw_read.rs)")
+    r = subprocess.run(
+        [cargo, "build", "--release", "--features", "bench", "--bin", "raw_read", "--message-format=json"],
+        cwd=str(ROOT), capture_output=True, text=True,
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"building bench/raw_read.rs failed:\n{r.stderr[-3000:]}")
+    for line in reversed(r.stdout.splitlines()):
+        msg = json.loads(line) if line.startswith("{") else {}
+        if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "raw_read":
+            return str(msg["executable"])
+    raise RuntimeError("cargo built bench/raw_read.rs but named no executable")
+
+
+def raw_read(executable: str, endpoint: str, events: int) -> Dict[str, Any]:
+    """Runs the Rust reader; its JSON line (``seconds``, ``handled``, ``vm_hwm_kb``,
+    ``thread_cpu_s``, measured in its own process)."""
+    r = subprocess.run([executable, endpoint, str(events)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"raw_read failed ({r.returncode}): {r.stderr[-3000:]}")
+    result: Dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return result
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs one case and prints its JSON line."""
     p = argparse.ArgumentParser(prog="bench/cases.py")
@@ -227,6 +263,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--stubs", help="root of the generated grpc stubs (grpcio cases)")
     p.add_argument("--sample-every", type=int, default=50_000, help="memory case: RSS sample period")
     p.add_argument("--warmup", type=int, default=0, help="live cases: events left out of the latency figures")
+    p.add_argument("--raw-reader", help="raw case: the built bench/raw_read executable (default: build it)")
     a = p.parse_args(argv)
     n = a.events
     cid = a.client_id
@@ -241,12 +278,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         importlib.import_module("grpc")  # imported before the CPU accounting starts
 
         gb.load_stubs(a.stubs)
+    if a.case == "raw":
+        # The reader measures itself (time, peak RSS, CPU per thread) in its own process.
+        out.update(raw_read(a.raw_reader or build_raw_reader(), a.endpoint, n))
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+        return 0
     cpu0 = thread_cpu_ns()
 
-    if a.case == "raw":
-        out["seconds"] = _native.bench_raw_read(a.endpoint, n)
-        out["handled"] = n
-    elif a.case in ("sync", "async", "data", "sync-every1000"):
+    if a.case in ("sync", "async", "data", "sync-every1000"):
         proc = {"sync": Counter, "sync-every1000": Counter, "async": AsyncCounter, "data": DataCounter}[a.case](n)
         every = 1000 if a.case == "sync-every1000" else 1
         cfg = Config(client_id=cid, after_cursor="start", checkpoint_every=every)

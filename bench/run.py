@@ -231,10 +231,12 @@ def run_child(cmd: List[str], cpus: Optional[Sequence[int]], timeout: float) -> 
 class Bench:
     """Runs the cases of one invocation; numbers client ids so every run starts fresh."""
 
-    def __init__(self, args: argparse.Namespace, stubs: Optional[str]) -> None:
-        """``stubs``: root of the generated grpc stubs (None when no grpcio case runs)."""
+    def __init__(self, args: argparse.Namespace, stubs: Optional[str], raw_reader: Optional[str] = None) -> None:
+        """``stubs``: root of the generated grpc stubs (None when no grpcio case runs);
+        ``raw_reader``: the built Rust reader of the raw case (None: the case builds it)."""
         self.a = args
         self.stubs = stubs
+        self.raw_reader = raw_reader
         self.seq = 0
 
     def client_id(self, case: str, mode: str) -> str:
@@ -248,6 +250,8 @@ class Bench:
         if case in GRPCIO_CASES:
             assert self.stubs is not None
             cmd += ["--stubs", self.stubs]
+        if case == "raw" and self.raw_reader:
+            cmd += ["--raw-reader", self.raw_reader]
         return cmd
 
     def events_for(self, case: str) -> int:
@@ -594,7 +598,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     modes = [a.pin] if a.pin else ["unpinned", "pinned"]
     if "pinned" in modes and len(os.sched_getaffinity(0)) < 2:
         log("note: fewer than 2 CPUs available; the pinned run puts server and processor on one CPU")
-    bench = Bench(a, stubs)
+    raw_reader = None
+    if "raw" in cases:
+        sys.path.insert(0, str(HERE))
+        import cases as bench_cases
+
+        log("building the raw case's Rust reader (cargo build --release --features bench) ...")
+        try:
+            raw_reader = bench_cases.build_raw_reader()
+        except RuntimeError as e:  # the raw case then fails on its own, with this reason
+            log(f"  {e}")
+    bench = Bench(a, stubs, raw_reader)
     started = time.time()
     info = machine()
     report: Dict[str, Any] = {

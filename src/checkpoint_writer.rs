@@ -8,7 +8,7 @@ use log::{debug, warn};
 
 use crate::backoff::Backoff;
 use crate::error::Error;
-use crate::model::CheckpointStore;
+use crate::model::{CheckpointClient, LoopConfig};
 use crate::stats::Stats;
 use crate::wake::Wake;
 
@@ -20,7 +20,7 @@ struct State {
 }
 
 pub struct CheckpointWriter {
-    store: Arc<dyn CheckpointStore>,
+    store: Arc<dyn CheckpointClient>,
     client_id: String,
     content_type: String,
     retry_min: Duration,
@@ -33,23 +33,21 @@ pub struct CheckpointWriter {
 }
 
 impl CheckpointWriter {
-    #[allow(clippy::too_many_arguments)]
+    /// A writer for `cfg.client_id`, retrying with the reconnect backoff of `cfg`.
     pub fn new(
-        store: Arc<dyn CheckpointStore>,
-        client_id: String,
+        store: Arc<dyn CheckpointClient>,
+        cfg: &LoopConfig,
         content_type: String,
-        retry_min: Duration,
-        retry_max: Duration,
         wake: Arc<Wake>,
         stats: Arc<Stats>,
         runtime: tokio::runtime::Handle,
     ) -> Arc<CheckpointWriter> {
         Arc::new(CheckpointWriter {
             store,
-            client_id,
+            client_id: cfg.client_id.clone(),
             content_type,
-            retry_min,
-            retry_max,
+            retry_min: cfg.reconnect_min,
+            retry_max: cfg.reconnect_max,
             state: Mutex::new(State {
                 busy: false,
                 pending: None,
@@ -121,10 +119,11 @@ impl CheckpointWriter {
             {
                 Ok(_) => {
                     self.stats.mark_checkpoint();
+                    let cursor = crate::model::resume_cursor(&value).unwrap_or_default();
                     debug!(
-                        "checkpoint written client_id={} cursor={}",
-                        self.client_id,
-                        crate::model::resume_cursor(&value).unwrap_or_default()
+                        client_id = self.client_id.as_str(), cursor = cursor.as_str();
+                        "checkpoint written client_id={} cursor={cursor}",
+                        self.client_id
                     );
                     backoff.reset();
                 }
@@ -132,6 +131,7 @@ impl CheckpointWriter {
                     Stats::add(&self.stats.checkpoints_failed, 1);
                     let delay = backoff.next_delay();
                     warn!(
+                        client_id = self.client_id.as_str(), attempt = backoff.attempts();
                         "checkpoint write failed client_id={} (attempt {}), retrying in {:.3}s: {e}",
                         self.client_id,
                         backoff.attempts(),

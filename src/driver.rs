@@ -14,7 +14,7 @@ use crate::backoff::Backoff;
 use crate::buffer::{Buffer, Taken};
 use crate::checkpoint_writer::CheckpointWriter;
 use crate::error::{Error, Result};
-use crate::model::{resume_cursor, Checkpoint, CheckpointStore, Event, EventSource, LoopConfig};
+use crate::model::{resume_cursor, Checkpoint, CheckpointClient, Event, EventClient, LoopConfig};
 use crate::stats::Stats;
 use crate::wake::Wake;
 
@@ -69,8 +69,8 @@ impl StopHandle {
 
 pub struct Driver {
     cfg: Arc<LoopConfig>,
-    events: Arc<dyn EventSource>,
-    checkpoints: Arc<dyn CheckpointStore>,
+    events: Arc<dyn EventClient>,
+    checkpoints: Arc<dyn CheckpointClient>,
     content_type: String,
     runtime: tokio::runtime::Handle,
     pub stats: Arc<Stats>,
@@ -93,8 +93,8 @@ pub struct Driver {
 impl Driver {
     pub fn new(
         cfg: LoopConfig,
-        events: Arc<dyn EventSource>,
-        checkpoints: Arc<dyn CheckpointStore>,
+        events: Arc<dyn EventClient>,
+        checkpoints: Arc<dyn CheckpointClient>,
         content_type: String,
         runtime: tokio::runtime::Handle,
     ) -> Result<Driver> {
@@ -105,10 +105,8 @@ impl Driver {
         let buffer = Arc::new(Buffer::new(cfg.buffer_size, wake.clone()));
         let writer = CheckpointWriter::new(
             checkpoints.clone(),
-            cfg.client_id.clone(),
+            &cfg,
             content_type.clone(),
-            cfg.reconnect_min,
-            cfg.reconnect_max,
             wake.clone(),
             stats.clone(),
             runtime.clone(),
@@ -157,7 +155,7 @@ impl Driver {
         self.buffer.len()
     }
 
-    /// The seed's step 2, as a future that owns what it needs (no borrow of the driver):
+    /// Loading the checkpoint, as a future that owns what it needs (no borrow of the driver):
     /// fetch the checkpoint, retrying transient errors with backoff; `None` on a first run;
     /// a content-type mismatch is an error.
     pub fn load_future(
@@ -184,6 +182,7 @@ impl Driver {
                     Err(e) if e.is_transient() => {
                         let delay = backoff.next_delay();
                         warn!(
+                            client_id = cfg.client_id.as_str(), attempt = backoff.attempts();
                             "loading checkpoint failed client_id={} (attempt {}), retrying in {:.3}s: {e}",
                             cfg.client_id,
                             backoff.attempts(),
@@ -212,6 +211,7 @@ impl Driver {
                 match resume_cursor(&cp.value) {
                     Some(c) => {
                         info!(
+                            client_id = self.cfg.client_id.as_str(), cursor = c.as_str();
                             "resuming client_id={} after checkpoint cursor {c}",
                             self.cfg.client_id
                         );
@@ -222,6 +222,8 @@ impl Driver {
             }
             None => {
                 info!(
+                    client_id = self.cfg.client_id.as_str(),
+                    after_cursor = self.cfg.after_cursor.as_deref().unwrap_or_default();
                     "no checkpoint for client_id={}: first run from {}",
                     self.cfg.client_id,
                     self.cfg.after_cursor.as_deref().unwrap_or("<tail>")
@@ -270,6 +272,7 @@ impl Driver {
                 }
                 if self.stop.is_cancelled() {
                     info!(
+                        client_id = self.cfg.client_id.as_str();
                         "stopping client_id={}: final flush and checkpoint",
                         self.cfg.client_id
                     );
@@ -291,7 +294,7 @@ impl Driver {
                         Action::Handle(batch)
                     }
                     Taken::Signal(ev) => {
-                        Stats::add(&self.stats.events_skipped, 1);
+                        Stats::add(&self.stats.stream_signals, 1);
                         Action::Signal(ev)
                     }
                     // Nothing to handle. If a write is due, one is in flight and its completion
@@ -330,6 +333,7 @@ impl Driver {
                 let deadline = self.stop_deadline.unwrap_or(now);
                 if now >= deadline {
                     warn!(
+                        client_id = self.cfg.client_id.as_str();
                         "final checkpoint for client_id={} not confirmed within {:.1}s; the last completed write stands",
                         self.cfg.client_id,
                         self.cfg.stop_timeout.as_secs_f64()
@@ -353,7 +357,7 @@ impl Driver {
         if r.is_err() {
             self.writer.close();
         }
-        info!("stopped client_id={}", self.cfg.client_id);
+        info!(client_id = self.cfg.client_id.as_str(); "stopped client_id={}", self.cfg.client_id);
         Action::Done(r)
     }
 

@@ -89,7 +89,7 @@ impl EventStream for FakeStream {
 }
 
 #[async_trait]
-impl EventSource for FakeSource {
+impl EventClient for FakeSource {
     async fn subscribe(&self, request: SubscribeRequest) -> Result<Box<dyn EventStream>> {
         self.requests
             .lock()
@@ -121,7 +121,7 @@ struct FakeStore {
 }
 
 #[async_trait]
-impl CheckpointStore for FakeStore {
+impl CheckpointClient for FakeStore {
     async fn get(&self, client_id: &str) -> Result<Checkpoint> {
         self.stored
             .lock()

@@ -1,5 +1,5 @@
 //! tonic clients for the Memory Service: endpoint parsing (plaintext, TLS, Unix sockets), auth
-//! metadata, keepalive, and the two services behind the [`EventSource`] / [`CheckpointStore`]
+//! metadata, keepalive, and the two services behind the [`EventClient`] / [`CheckpointClient`]
 //! traits.
 
 use std::fmt;
@@ -15,7 +15,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use crate::error::{Error, Result};
 use crate::jsonvalue::{json_to_value, value_to_json};
 use crate::model::{
-    Checkpoint, CheckpointStore, Event, EventSource, EventStream, Scope, SubscribeRequest,
+    Checkpoint, CheckpointClient, Event, EventClient, EventStream, Scope, SubscribeRequest,
 };
 use crate::proto;
 use crate::proto::admin_checkpoint_service_client::AdminCheckpointServiceClient;
@@ -236,13 +236,13 @@ impl Connection {
 
 /// `EventStreamService` over gRPC.
 #[derive(Clone)]
-pub struct GrpcEventSource {
+pub struct GrpcEventClient {
     conn: Connection,
 }
 
-impl GrpcEventSource {
+impl GrpcEventClient {
     pub fn new(conn: Connection) -> Self {
-        GrpcEventSource { conn }
+        GrpcEventClient { conn }
     }
 }
 
@@ -285,7 +285,7 @@ impl EventStream for GrpcStream {
 }
 
 #[async_trait]
-impl EventSource for GrpcEventSource {
+impl EventClient for GrpcEventClient {
     async fn subscribe(&self, request: SubscribeRequest) -> Result<Box<dyn EventStream>> {
         let mut client = EventStreamServiceClient::new(self.conn.channel.clone())
             .max_decoding_message_size(self.conn.max_message_size);
@@ -302,13 +302,13 @@ impl EventSource for GrpcEventSource {
 
 /// `AdminCheckpointService` over gRPC.
 #[derive(Clone)]
-pub struct GrpcCheckpointStore {
+pub struct GrpcCheckpointClient {
     conn: Connection,
 }
 
-impl GrpcCheckpointStore {
+impl GrpcCheckpointClient {
     pub fn new(conn: Connection) -> Self {
-        GrpcCheckpointStore { conn }
+        GrpcCheckpointClient { conn }
     }
 }
 
@@ -340,7 +340,7 @@ fn from_proto_checkpoint(cp: proto::AdminCheckpoint) -> Checkpoint {
 }
 
 #[async_trait]
-impl CheckpointStore for GrpcCheckpointStore {
+impl CheckpointClient for GrpcCheckpointClient {
     async fn get(&self, client_id: &str) -> Result<Checkpoint> {
         let mut client = AdminCheckpointServiceClient::new(self.conn.channel.clone())
             .max_decoding_message_size(self.conn.max_message_size);

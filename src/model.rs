@@ -1,5 +1,5 @@
-//! The shapes the loop works with and the client traits it is generic over (the seed's
-//! `EventClient` / `EventStream` / `CheckpointClient`).
+//! The shapes the loop works with and the client traits it is generic over (`EventClient` /
+//! `EventStream` / `CheckpointClient`, the same names as the Python protocols).
 
 use std::time::{Duration, SystemTime};
 
@@ -122,7 +122,7 @@ pub struct LoopConfig {
     pub justification: Option<String>,
     /// Flush and save at least this often.
     pub checkpoint_interval: Duration,
-    /// A write is due after this many handled events (1 = after every event, as the seed).
+    /// A write is due after this many handled events (1 = after every event).
     pub checkpoint_every: u64,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -160,7 +160,8 @@ impl Default for LoopConfig {
 }
 
 impl LoopConfig {
-    /// Refuses what the loop cannot run with (the seed's step 1, plus sane numbers).
+    /// Refuses what the loop cannot run with (an empty client id, zero
+    /// durations or sizes).
     pub fn validate(&self) -> Result<()> {
         use crate::error::Error::Config;
         if self.client_id.trim().is_empty() {
@@ -185,7 +186,7 @@ impl LoopConfig {
         Ok(())
     }
 
-    /// The subscription for a resume position (the seed's step 3).
+    /// The subscription for a resume position.
     pub fn subscribe_request(&self, after_cursor: Option<String>) -> SubscribeRequest {
         SubscribeRequest {
             kinds: self.kinds.clone(),
@@ -208,15 +209,15 @@ pub trait EventStream: Send {
     async fn recv(&mut self) -> Result<Option<Event>>;
 }
 
-/// Opens subscriptions (the seed's `EventClient`).
+/// Opens subscriptions (Python's `EventClient` protocol).
 #[async_trait]
-pub trait EventSource: Send + Sync {
+pub trait EventClient: Send + Sync {
     async fn subscribe(&self, request: SubscribeRequest) -> Result<Box<dyn EventStream>>;
 }
 
-/// Persists one checkpoint per client id (the seed's `CheckpointClient`).
+/// Persists one checkpoint per client id (Python's `CheckpointClient` protocol).
 #[async_trait]
-pub trait CheckpointStore: Send + Sync {
+pub trait CheckpointClient: Send + Sync {
     /// `Err(Error::CheckpointNotFound)` when none is stored.
     async fn get(&self, client_id: &str) -> Result<Checkpoint>;
     async fn put(

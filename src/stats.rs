@@ -32,7 +32,7 @@ impl StreamPhase {
 pub struct Stats {
     pub events_received: AtomicU64,
     pub events_handled: AtomicU64,
-    pub events_skipped: AtomicU64,
+    pub stream_signals: AtomicU64,
     pub checkpoints_written: AtomicU64,
     pub checkpoints_failed: AtomicU64,
     pub checkpoints_skipped: AtomicU64,

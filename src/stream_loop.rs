@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
-use crate::model::{EventSource, LoopConfig, StalePolicy};
+use crate::model::{EventClient, LoopConfig, StalePolicy};
 use crate::stats::{Stats, StreamPhase};
 
 /// How one subscription ended.
@@ -28,7 +28,7 @@ enum StreamEnd {
 
 /// Runs until `cancel` fires (Ok) or a fatal error (Err). Always calls `buffer.finish`.
 pub async fn run(
-    source: Arc<dyn EventSource>,
+    source: Arc<dyn EventClient>,
     cfg: Arc<LoopConfig>,
     start_cursor: Option<String>,
     buffer: Arc<Buffer>,
@@ -42,7 +42,7 @@ pub async fn run(
 }
 
 async fn run_inner(
-    source: Arc<dyn EventSource>,
+    source: Arc<dyn EventClient>,
     cfg: &LoopConfig,
     start_cursor: Option<String>,
     buffer: &Buffer,
@@ -63,6 +63,8 @@ async fn run_inner(
         stats.set_phase(StreamPhase::Connecting);
         let request = cfg.subscribe_request(cursor.clone());
         info!(
+            client_id = cfg.client_id.as_str(),
+            after_cursor = cursor.as_deref().unwrap_or_default();
             "subscribing client_id={} after_cursor={}",
             cfg.client_id,
             cursor.as_deref().unwrap_or("<tail>")
@@ -85,7 +87,11 @@ async fn run_inner(
                 .await?
             }
             Err(e) if e.is_transient() => {
-                warn!("subscribe failed (attempt {}): {e}", backoff.attempts() + 1);
+                warn!(
+                    client_id = cfg.client_id.as_str(), attempt = backoff.attempts() + 1;
+                    "subscribe failed (attempt {}): {e}",
+                    backoff.attempts() + 1
+                );
                 StreamEnd::ResumeAfterBackoff
             }
             Err(e) => return Err(e),
@@ -96,6 +102,7 @@ async fn run_inner(
             StreamEnd::ResumeAfterBackoff => {
                 let delay = backoff.next_delay();
                 info!(
+                    client_id = cfg.client_id.as_str(), attempt = backoff.attempts();
                     "reconnecting client_id={} in {:.3}s (attempt {})",
                     cfg.client_id,
                     delay.as_secs_f64(),
@@ -135,6 +142,8 @@ async fn consume(
                     return Ok(StreamEnd::ResumeNow);
                 }
                 info!(
+                    client_id = cfg.client_id.as_str(),
+                    cursor = cursor.as_deref().unwrap_or_default();
                     "stream ended client_id={} cursor={}",
                     cfg.client_id,
                     cursor.as_deref().unwrap_or("<none>")
@@ -142,7 +151,7 @@ async fn consume(
                 return Ok(StreamEnd::ResumeAfterBackoff);
             }
             Err(e) if e.is_transient() => {
-                warn!("stream broke client_id={}: {e}", cfg.client_id);
+                warn!(client_id = cfg.client_id.as_str(); "stream broke client_id={}: {e}", cfg.client_id);
                 return Ok(StreamEnd::ResumeAfterBackoff);
             }
             Err(e) => return Err(e),
@@ -162,10 +171,13 @@ async fn consume(
                     } else if phase == "replay" {
                         stats.set_phase(StreamPhase::Replay);
                     }
-                    info!("phase {phase} client_id={}", cfg.client_id);
+                    info!(client_id = cfg.client_id.as_str(); "phase {phase} client_id={}", cfg.client_id);
                 }
                 "evicted" => {
                     warn!(
+                        client_id = cfg.client_id.as_str(),
+                        reason = event.reason().unwrap_or_default().as_str(),
+                        cursor = cursor.as_deref().unwrap_or_default();
                         "evicted client_id={} reason={} cursor={}: resuming after the last received event",
                         cfg.client_id,
                         event.reason().unwrap_or_default(),
@@ -187,6 +199,8 @@ async fn consume(
                             }
                             StalePolicy::Restart => {
                                 warn!(
+                                    client_id = cfg.client_id.as_str(), reason = reason.as_str(),
+                                    cursor = stale_cursor.as_deref().unwrap_or_default();
                                     "stale cursor {:?} ({reason}) client_id={}: policy restart, resubscribing from the retained start",
                                     stale_cursor, cfg.client_id
                                 );
@@ -194,6 +208,8 @@ async fn consume(
                             }
                             StalePolicy::Tail => {
                                 warn!(
+                                    client_id = cfg.client_id.as_str(), reason = reason.as_str(),
+                                    cursor = stale_cursor.as_deref().unwrap_or_default();
                                     "stale cursor {:?} ({reason}) client_id={}: policy tail, resubscribing at the live tail",
                                     stale_cursor, cfg.client_id
                                 );
@@ -207,6 +223,7 @@ async fn consume(
                         return Ok(StreamEnd::ResumeNow);
                     }
                     warn!(
+                        client_id = cfg.client_id.as_str(), reason = reason.as_str();
                         "invalidate mid-stream client_id={} reason={reason}: events may have been missed, resubscribing after cursor {}",
                         cfg.client_id,
                         cursor.as_deref().unwrap_or("<none>")
@@ -219,7 +236,11 @@ async fn consume(
                     }
                     continue;
                 }
-                other => debug!("stream signal {other} client_id={}", cfg.client_id),
+                other => debug!(
+                    client_id = cfg.client_id.as_str();
+                    "stream signal {other} client_id={}",
+                    cfg.client_id
+                ),
             }
             if !buffer.push(event, cancel).await {
                 return Ok(StreamEnd::Stopped);

@@ -264,7 +264,7 @@ def test_empty_content_type_is_refused_at_run(server):
 def test_stats_before_run():
     st = Runtime(Recorder(), cfg(), endpoint="localhost:1").stats()
     assert st["events_handled"] == 0 and st["reconnects"] == 0 and st["phase"] == "connecting"
-    for key in ("events_received", "events_skipped", "checkpoints_written", "checkpoints_failed",
+    for key in ("events_received", "stream_signals", "checkpoints_written", "checkpoints_failed",
                 "checkpoints_skipped", "batches", "last_cursor", "last_checkpoint_age", "buffer_depth",
                 "handle_seconds_mean", "handle_seconds_max"):
         assert key in st

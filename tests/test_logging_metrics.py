@@ -1,4 +1,4 @@
-"""The logging bridge (key=value enrichment, JSON lines), runtime stats and Prometheus metrics."""
+"""The logging bridge (structured fields, JSON lines), runtime stats and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -18,43 +18,13 @@ import pytest
 
 from conftest import Recorder, cfg, publish_entries, run, started, wait_until
 from memory_service_processor import Runtime
-from memory_service_processor._logging import (
-    StructuredLogFilter,
-    configure_logging,
-    parse_key_values,
-)
+from memory_service_processor._logging import StructuredLogFilter, configure_logging
 from memory_service_processor.testing import LocalMemoryService
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-# -- parsing key=value text ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "message, expected",
-    [
-        ("subscribing client_id=orders after_cursor=1041", {"client_id": "orders", "after_cursor": "1041"}),
-        ("subscribing client_id=orders after_cursor=<tail>", {"client_id": "orders", "after_cursor": None}),
-        ("checkpoint written client_id=p cursor=5", {"client_id": "p", "cursor": "5"}),
-        (
-            "evicted client_id=p reason=slow consumer cursor=42: resuming after the last received event",
-            {"client_id": "p", "reason": "slow consumer", "cursor": "42"},
-        ),
-        (
-            "invalidate mid-stream client_id=p reason=pubsub recovery: events may have been missed, "
-            "resubscribing after cursor 9",
-            {"client_id": "p", "reason": "pubsub recovery"},
-        ),
-        ("reconnecting client_id=p in 1.000s (attempt 3)", {"client_id": "p", "attempt": 3}),
-        ("stream broke client_id=p: status: Unavailable", {"client_id": "p"}),
-        ("retry attempt=2 client_id=x,", {"attempt": 2, "client_id": "x"}),
-        ("no structure here", {}),
-        ("tokenclient_id=notakey", {}),
-    ],
-)
-def test_parse_key_values(message: str, expected: Dict[str, Any]) -> None:
-    assert parse_key_values(message) == expected
+# -- structured fields ------------------------------------------------------------------------
 
 
 class _Capture(logging.Handler):
@@ -67,7 +37,7 @@ class _Capture(logging.Handler):
         self.records.append(record)
 
 
-def test_filter_enriches_only_package_records_and_never_overwrites() -> None:
+def test_filter_types_only_package_records_and_adds_nothing() -> None:
     capture = _Capture()
     ours = logging.getLogger("memory_service_processor.stream_loop")
     theirs = logging.getLogger("someone.else")
@@ -75,17 +45,20 @@ def test_filter_enriches_only_package_records_and_never_overwrites() -> None:
         lg.addHandler(capture)
         lg.setLevel(logging.DEBUG)
     try:
-        ours.info("subscribing client_id=%s after_cursor=%s", "a", "7")
-        theirs.info("subscribing client_id=b after_cursor=8")
-        ours.info("checkpoint written client_id=c cursor=9", extra={"client_id": "given"})
+        # As the Rust core sends them: every field a string, "" for no value.
+        ours.info("subscribing", extra={"client_id": "a", "after_cursor": "7", "attempt": "3"})
+        theirs.info("subscribing", extra={"client_id": "b", "attempt": "8"})
+        ours.info("reconnecting", extra={"client_id": "c", "after_cursor": "", "reason": ""})
+        ours.info("no structure here")
     finally:
         for lg in (ours, theirs):
             lg.removeHandler(capture)
             lg.setLevel(logging.NOTSET)
-    first, other, explicit = capture.records
-    assert (first.client_id, first.after_cursor) == ("a", "7")  # type: ignore[attr-defined]
-    assert not hasattr(other, "client_id")
-    assert explicit.client_id == "given" and explicit.cursor == "9"  # type: ignore[attr-defined]
+    first, other, empty, plain = capture.records
+    assert (first.client_id, first.after_cursor, first.attempt) == ("a", "7", 3)  # type: ignore[attr-defined]
+    assert other.attempt == "8"  # type: ignore[attr-defined]  # not ours: untouched
+    assert (empty.client_id, empty.after_cursor, empty.reason) == ("c", None, None)  # type: ignore[attr-defined]
+    assert not hasattr(empty, "cursor") and not hasattr(plain, "client_id")
 
 
 def test_rust_core_records_arrive_with_structured_fields(server: LocalMemoryService) -> None:
@@ -131,8 +104,12 @@ def test_json_formatter_one_object_per_line_with_fields() -> None:
     handler = configure_logging("debug", "json", stream=stream)
     try:
         lg = logging.getLogger("memory_service_processor.driver")
-        lg.info("resuming client_id=%s after checkpoint cursor %s", "j1", "12")
-        lg.warning("evicted client_id=j1 reason=slow consumer cursor=13: resuming", extra={"custom": [1, 2]})
+        # Fields as the core passes them: structured, next to the human-readable text.
+        lg.info("resuming client_id=%s after checkpoint cursor %s", "j1", "12", extra={"client_id": "j1", "cursor": "12"})
+        lg.warning(
+            "evicted client_id=j1 reason=slow consumer cursor=13: resuming",
+            extra={"client_id": "j1", "reason": "slow consumer", "cursor": "13", "custom": [1, 2]},
+        )
         try:
             raise ValueError("boom")
         except ValueError:
@@ -176,7 +153,7 @@ def test_stats_counters(server: LocalMemoryService) -> None:
 
     live = run(go())
     assert live["events_handled"] == 40
-    assert live["events_skipped"] == 2  # the replay and live phase signals
+    assert live["stream_signals"] == 2  # the replay and live phase signals
     assert live["events_received"] == 42
     assert live["last_cursor"] == cursors[-1]
     assert live["reconnects"] == 0 and live["checkpoints_failed"] == 0
@@ -228,7 +205,7 @@ def test_prometheus_collector_reads_stats_on_scrape(server: LocalMemoryService) 
         metrics.close()
     assert scraped["memory_service_processor_events_handled_total"] == 25
     assert scraped["memory_service_processor_events_received_total"] == 27
-    assert scraped["memory_service_processor_events_skipped_total"] == 2
+    assert scraped["memory_service_processor_stream_signals_total"] == 2
     assert scraped["memory_service_processor_phase{phase=live}"] == 1
     assert scraped["memory_service_processor_phase{phase=replay}"] == 0
     assert "memory_service_processor_buffer_depth" in scraped

@@ -80,7 +80,7 @@ class GrpcEventClient:
 
     async def subscribe(self, request: SubscribeRequest) -> GrpcEventStream:
         """Opens a subscription."""
-        return GrpcEventStream(await self._native.subscribe(request._as_dict()))
+        return GrpcEventStream(await self._native.subscribe(request))
 
     def __repr__(self) -> str:
         return f"GrpcEventClient({self.options!r})"

@@ -213,26 +213,6 @@ class Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def _native_kwargs(self) -> Dict[str, Any]:
-        return {
-            "client_id": self.client_id,
-            "kinds": list(self.kinds),
-            "conversation_ids": list(self.conversation_ids),
-            "entry_channels": list(self.entry_channels),
-            "entry_content_types": list(self.entry_content_types),
-            "entry_roles": list(self.entry_roles),
-            "scope": self.scope,
-            "after_cursor": self.after_cursor,
-            "justification": self.justification,
-            "checkpoint_interval": _secs(self.checkpoint_interval),
-            "checkpoint_every": self.checkpoint_every,
-            "reconnect_min": _secs(self.reconnect_min),
-            "reconnect_max": _secs(self.reconnect_max),
-            "stale_cursor": self.stale_cursor,
-            "buffer_size": self.buffer_size,
-            "max_batch": self.max_batch,
-            "stop_timeout": _secs(self.stop_timeout),
-        }
 
 
 def _declared(field: "dataclasses.Field[Any]") -> Setting:

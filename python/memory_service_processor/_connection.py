@@ -146,22 +146,7 @@ class ConnectionOptions:
 
     def _connect(self) -> "_native.NativeConnection":
         """A new (lazily connected) channel with these options."""
-        return _native.NativeConnection(**self._native_kwargs())
-
-    def _native_kwargs(self) -> Dict[str, Any]:
-        return {
-            "endpoint": self.endpoint,
-            "api_key": self._api_key,
-            "bearer_token": self._bearer_token,
-            "client_id": self.client_id,
-            "tls_ca_file": self.tls_ca_file,
-            "tls_server_name": self.tls_server_name,
-            "keepalive_interval": self.keepalive_interval,
-            "keepalive_timeout": self.keepalive_timeout,
-            "connect_timeout": self.connect_timeout,
-            "request_timeout": self.request_timeout,
-            "max_message_size": self.max_message_size,
-        }
+        return _native.NativeConnection(self)
 
     def __repr__(self) -> str:
         auth = []

@@ -1,12 +1,14 @@
-"""Structured logging for memory-service-processor: ``key=value`` enrichment and JSON lines.
+"""Structured logging for memory-service-processor: typed record fields and JSON lines.
 
 The Rust core logs through Python :mod:`logging` (loggers ``memory_service_processor.driver``,
-``.stream_loop``, ``.checkpoint_writer``, ``.server``) with messages such as
-``"subscribing client_id=orders after_cursor=1041"``. :class:`StructuredLogFilter` parses
-those ``key=value`` tokens into attributes of the log record (``record.client_id``,
-``record.cursor``, ...), so a formatter can emit them as fields. :class:`JsonFormatter` writes
-one JSON object per line with ``time``, ``level``, ``logger``, ``message`` and every extra
-field. :func:`configure_logging` wires both to a stream handler, as the command line does::
+``.stream_loop``, ``.checkpoint_writer``, ``.server``). Its records carry their fields as
+record attributes (``record.client_id``, ``record.cursor``, ``record.after_cursor``,
+``record.attempt``, ``record.reason``: the Rust side passes them as structured key-values, as
+strings); the message text is for humans only. :class:`StructuredLogFilter` gives those
+attributes their Python types (``attempt`` an ``int``, an absent cursor or reason ``None``).
+:class:`JsonFormatter` writes one JSON object per line with ``time``, ``level``, ``logger``,
+``message`` and every extra field. :func:`configure_logging` wires both to a stream handler,
+as the command line does::
 
     import logging
     from memory_service_processor._logging import StructuredLogFilter, JsonFormatter
@@ -25,9 +27,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import re
 import sys
-from typing import Any, Dict, Iterable, Optional, TextIO, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, TextIO, Tuple
 
 __all__ = [
     "STRUCTURED_KEYS",
@@ -35,24 +36,46 @@ __all__ = [
     "JsonFormatter",
     "TextFormatter",
     "configure_logging",
-    "parse_key_values",
 ]
 
-#: The ``key=value`` tokens lifted from the core's messages into record attributes.
-STRUCTURED_KEYS: Tuple[str, ...] = ("client_id", "cursor", "after_cursor", "attempt", "reason")
+
+def _text(value: Any) -> Any:
+    """A client id (``None`` stays ``None``)."""
+    return value if value is None else str(value)
+
+
+def _optional_text(value: Any) -> Optional[str]:
+    """A cursor or reason: the core sends ``""`` when there is none."""
+    if value is None:
+        return None
+    text = str(value)
+    return text if text else None
+
+
+def _count(value: Any) -> Any:
+    """An attempt number (left as it is if it is not one)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(str(value))
+    except ValueError:
+        return value
+
+
+#: The structured fields of the core's records and how each is typed on the record.
+FIELD_TYPES: Mapping[str, Callable[[Any], Any]] = {
+    "client_id": _text,
+    "cursor": _optional_text,
+    "after_cursor": _optional_text,
+    "attempt": _count,
+    "reason": _optional_text,
+}
+
+#: The structured fields of the core's records.
+STRUCTURED_KEYS: Tuple[str, ...] = tuple(FIELD_TYPES)
 
 #: The logger namespace of the package (and of the Rust core's records).
 LOGGER_PREFIX = "memory_service_processor"
-
-# Values the core writes when there is no cursor.
-_NO_VALUE = {"<none>", "<tail>", ""}
-
-# A token ``key=`` at the start of the message or after whitespace / an opening bracket.
-_KEY_RE = re.compile(r"(?:(?<=[\s(\[,])|^)([A-Za-z_][A-Za-z0-9_]*)=")
-# "(attempt 3)" as the core writes it in retry messages.
-_ATTEMPT_RE = re.compile(r"\(attempt (\d+)\)")
-# Where a free-text value (``reason=slow consumer``) ends: ": " or the end of the text.
-_FREE_TEXT_END = re.compile(r":\s")
 
 # Attributes every LogRecord has; anything else on a record is an "extra" field.
 _STANDARD_ATTRS = frozenset(
@@ -60,79 +83,29 @@ _STANDARD_ATTRS = frozenset(
 ) | {"message", "asctime", "taskName"}
 
 
-def _clean_token(value: str) -> str:
-    """A token value without trailing punctuation (``5:`` -> ``5``, ``p,`` -> ``p``)."""
-    return value.rstrip(":,;)]").strip()
-
-
-def parse_key_values(message: str, keys: Iterable[str] = STRUCTURED_KEYS) -> Dict[str, Any]:
-    """The ``key=value`` pairs of ``message`` whose key is in ``keys``.
-
-    Values are tokens up to the next whitespace (trailing ``:``, ``,``, ``;``, ``)`` are
-    dropped); ``reason`` is free text and runs up to the next ``key=`` token or ``": "``.
-    ``<none>`` / ``<tail>`` become ``None``; ``attempt`` becomes an ``int``. The core's
-    ``(attempt N)`` spelling is understood as well.
-
-    >>> parse_key_values("evicted client_id=p reason=slow consumer cursor=42: resuming")
-    {'client_id': 'p', 'reason': 'slow consumer', 'cursor': '42'}
-    """
-    wanted = set(keys)
-    out: Dict[str, Any] = {}
-    matches = list(_KEY_RE.finditer(message))
-    for i, m in enumerate(matches):
-        key = m.group(1)
-        if key not in wanted or key in out:
-            continue
-        start = m.end()
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(message)
-        raw = message[start:end]
-        if key == "reason":
-            stop = _FREE_TEXT_END.search(raw)
-            value: Any = (raw[: stop.start()] if stop else raw).strip().rstrip(":,;")
-        else:
-            token = raw.split(None, 1)[0] if raw.strip() else ""
-            value = _clean_token(token)
-        if value in _NO_VALUE:
-            value = None
-        elif key == "attempt":
-            try:
-                value = int(value)
-            except ValueError:
-                pass
-        out[key] = value
-    if "attempt" in wanted and "attempt" not in out:
-        m2 = _ATTEMPT_RE.search(message)
-        if m2:
-            out["attempt"] = int(m2.group(1))
-    return out
-
-
 class StructuredLogFilter(logging.Filter):
-    """Adds ``client_id``, ``cursor``, ``after_cursor``, ``attempt`` and ``reason`` attributes
-    to records of the ``memory_service_processor`` loggers, parsed from ``key=value`` text.
+    """Types the structured fields (``client_id``, ``cursor``, ``after_cursor``, ``attempt``,
+    ``reason``) of records of the ``memory_service_processor`` loggers.
 
     Attach it to a *handler* (it then sees records propagated from every logger). It never
-    drops a record, never overwrites an attribute the record already has (e.g. an ``extra=``
-    given by the caller), and leaves records of other loggers untouched.
+    drops a record, never adds an attribute a record does not have, and leaves records of
+    other loggers untouched.
     """
 
-    def __init__(self, prefix: str = LOGGER_PREFIX, keys: Iterable[str] = STRUCTURED_KEYS) -> None:
+    def __init__(self, prefix: str = LOGGER_PREFIX, fields: Mapping[str, Callable[[Any], Any]] = FIELD_TYPES) -> None:
         super().__init__()
         self.prefix = prefix
-        self.keys = tuple(keys)
+        self.fields = dict(fields)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Enriches ``record`` in place; always returns ``True``."""
+        """Types ``record``'s structured fields in place; always returns ``True``."""
         name = record.name
         if name != self.prefix and not name.startswith(self.prefix + "."):
             return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken %-format: leave it to the formatter to report
-            return True
-        for key, value in parse_key_values(message, self.keys).items():
-            if not hasattr(record, key):
-                setattr(record, key, value)
+        attrs = record.__dict__
+        for key, convert in self.fields.items():
+            if key in attrs:
+                attrs[key] = convert(attrs[key])
         return True
 
 

@@ -9,26 +9,14 @@
     server.close()
 
 :class:`StatsCollector` is a custom collector: every scrape reads ``runtime.stats()`` once, so
-the numbers are as fresh as the scrape and nothing is updated on the hot path. Metric names
-(all labelled with ``client_id``):
-
-========================================================  =======  ==============================
-name                                                      type     from ``stats()``
-========================================================  =======  ==============================
-``memory_service_processor_events_received_total``        counter  ``events_received``
-``memory_service_processor_events_handled_total``         counter  ``events_handled``
-``memory_service_processor_events_skipped_total``         counter  ``events_skipped``
-``memory_service_processor_checkpoints_written_total``    counter  ``checkpoints_written``
-``memory_service_processor_checkpoints_failed_total``     counter  ``checkpoints_failed``
-``memory_service_processor_checkpoints_skipped_total``    counter  ``checkpoints_skipped``
-``memory_service_processor_reconnects_total``             counter  ``reconnects``
-``memory_service_processor_batches_total``                counter  ``batches``
-``memory_service_processor_buffer_depth``                 gauge    ``buffer_depth``
-``memory_service_processor_last_checkpoint_age_seconds``  gauge    ``last_checkpoint_age``
-``memory_service_processor_handle_seconds_mean``          gauge    ``handle_seconds_mean``
-``memory_service_processor_handle_seconds_max``           gauge    ``handle_seconds_max``
-``memory_service_processor_phase``                        gauge    1 for the current ``phase``
-========================================================  =======  ==============================
+the numbers are as fresh as the scrape and nothing is updated on the hot path. The metrics
+derive from the stats schema (``_stats.FIELDS``), all labelled with ``client_id``: each
+counter key ``k`` is ``memory_service_processor_<k>_total`` (``events_received``,
+``events_handled``, ``stream_signals``, ``checkpoints_written``, ``checkpoints_failed``,
+``checkpoints_skipped``, ``reconnects``, ``batches``), each gauge is
+``memory_service_processor_<name>`` (``buffer_depth``, ``last_checkpoint_age_seconds``,
+``handle_seconds_mean``, ``handle_seconds_max``), and ``memory_service_processor_phase`` is 1
+for the current ``phase`` (label ``phase``) and 0 for the others.
 """
 
 from __future__ import annotations
@@ -38,6 +26,8 @@ import threading
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from . import _stats
+
 __all__ = ["StatsCollector", "MetricsServer", "start_metrics_server", "prometheus_available", "PHASES"]
 
 log = logging.getLogger("memory_service_processor.metrics")
@@ -45,25 +35,21 @@ log = logging.getLogger("memory_service_processor.metrics")
 PREFIX = "memory_service_processor"
 
 #: The values of ``stats()["phase"]``.
-PHASES: Tuple[str, ...] = ("connecting", "replay", "live", "stopped")
+PHASES: Tuple[str, ...] = _stats.PHASES
 
-_COUNTERS = (
-    ("events_received", "Stream messages received (business events and stream signals)."),
-    ("events_handled", "Business events handed to the processor and handled."),
-    ("events_skipped", "Stream signals (kind=stream) that were not handed to handle()."),
-    ("checkpoints_written", "Checkpoint writes confirmed by the store."),
-    ("checkpoints_failed", "Checkpoint writes that failed (and were retried)."),
-    ("checkpoints_skipped", "Checkpoint writes skipped because the snapshot was unchanged."),
-    ("reconnects", "Resubscriptions after the first subscription."),
-    ("batches", "Batches of events handed to the processor."),
+
+def _doc(text: str) -> str:
+    """A metric's help text from a schema doc: capitalized, with a full stop."""
+    return text[:1].upper() + text[1:] + "."
+
+
+_COUNTERS = tuple((f.name, _doc(f.doc)) for f in _stats.FIELDS if isinstance(f.kind, _stats.Counter))
+
+_GAUGES = tuple(
+    (f.name, f.kind.metric or f.name, _doc(f.doc)) for f in _stats.FIELDS if isinstance(f.kind, _stats.Gauge)
 )
 
-_GAUGES = (
-    ("buffer_depth", "buffer_depth", "Events waiting in the buffer between network and processor."),
-    ("last_checkpoint_age", "last_checkpoint_age_seconds", "Seconds since the last confirmed checkpoint write."),
-    ("handle_seconds_mean", "handle_seconds_mean", "Mean time spent handling one event (seconds)."),
-    ("handle_seconds_max", "handle_seconds_max", "Longest time spent handling one event (seconds)."),
-)
+_PHASE_HELP = "1 for the phase the stream is in (" + ", ".join(PHASES) + ")."
 
 
 def prometheus_available() -> bool:
@@ -136,9 +122,7 @@ class StatsCollector:
             fam.add_metric([client_id], float(value))
             yield fam
         phase = str(stats.get("phase") or "connecting")
-        fam = GaugeMetricFamily(
-            f"{p}_phase", "1 for the phase the stream is in (connecting, replay, live, stopped).", labels=["client_id", "phase"]
-        )
+        fam = GaugeMetricFamily(f"{p}_phase", _PHASE_HELP, labels=["client_id", "phase"])
         for name in PHASES if phase in PHASES else PHASES + (phase,):
             fam.add_metric([client_id, name], 1.0 if name == phase else 0.0)
         yield fam

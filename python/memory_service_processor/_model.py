@@ -63,9 +63,6 @@ class SubscribeRequest:
     entry_roles: Sequence[str] = ()
     conversation_ids: Sequence[str] = ()
 
-    def _as_dict(self) -> "dict[str, Any]":
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
 
 @runtime_checkable
 class EventStream(Protocol):
@@ -77,14 +74,14 @@ class EventStream(Protocol):
 
 @runtime_checkable
 class EventClient(Protocol):
-    """Opens subscriptions (the seed's ``EventClient``)."""
+    """Opens subscriptions (the core drives any object with this method)."""
 
     async def subscribe(self, request: SubscribeRequest) -> EventStream: ...
 
 
 @runtime_checkable
 class CheckpointClient(Protocol):
-    """Persists one checkpoint per client id (the seed's ``CheckpointClient``).
+    """Persists one checkpoint per client id.
 
     ``get`` raises :class:`~memory_service_processor.CheckpointNotFoundError` when none is
     stored; raising :class:`~memory_service_processor.TransientError` asks for a retry.

@@ -2,17 +2,17 @@
 real module by ``mypy.stubtest`` in the test suite). Users never import it directly."""
 
 import datetime
-from typing import Any, Awaitable, Dict, List, Optional, Tuple, Union, final
+from typing import Any, Awaitable, ClassVar, Dict, List, Optional, Tuple, Union, final
+
+from ._clients import ConnectionOptions
+from ._config import Config
+from ._model import SubscribeRequest
+from ._stats import Stats
 
 __all__ = [
-    "A_DONE",
-    "A_FLUSH",
-    "A_HANDLE",
-    "A_SIGNAL",
-    "A_SNAPSHOT",
-    "A_WAIT",
-    "Core",
+    "Action",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "Driver",
     "EventEnvelope",
     "LoadResult",
     "NativeCheckpointClient",
@@ -20,18 +20,11 @@ __all__ = [
     "NativeEventClient",
     "NativeEventStream",
     "NativeServer",
-    "bench_raw_read",
     "reset_log_cache",
     "shutdown_logging",
     "quiesce",
 ]
 
-A_HANDLE: int
-A_SIGNAL: int
-A_FLUSH: int
-A_SNAPSHOT: int
-A_WAIT: int
-A_DONE: int
 DEFAULT_MAX_MESSAGE_SIZE: int
 
 _CheckpointTuple = Tuple[str, str, str, Optional[float]]
@@ -65,20 +58,7 @@ class EventEnvelope:
 
 @final
 class NativeConnection:
-    def __new__(
-        cls,
-        endpoint: str,
-        api_key: Optional[str] = None,
-        bearer_token: Optional[str] = None,
-        client_id: Optional[str] = None,
-        tls_ca_file: Optional[str] = None,
-        tls_server_name: Optional[str] = None,
-        keepalive_interval: float = 20.0,
-        keepalive_timeout: float = 10.0,
-        connect_timeout: float = 10.0,
-        request_timeout: float = 30.0,
-        max_message_size: int = 4194304,
-    ) -> "NativeConnection": ...
+    def __new__(cls, options: ConnectionOptions) -> "NativeConnection": ...
 
 @final
 class NativeCheckpointClient:
@@ -94,7 +74,7 @@ class NativeEventStream:
 @final
 class NativeEventClient:
     def __new__(cls, connection: NativeConnection) -> "NativeEventClient": ...
-    def subscribe(self, request: Dict[str, Any]) -> Awaitable[NativeEventStream]: ...
+    def subscribe(self, request: SubscribeRequest) -> Awaitable[NativeEventStream]: ...
 
 @final
 class LoadResult:
@@ -102,7 +82,21 @@ class LoadResult:
     def text(self) -> Optional[str]: ...
 
 @final
-class Core:
+class Action:
+    """What the processor must do next; ``Driver.next_action`` returns these very objects."""
+
+    Handle: ClassVar["Action"]
+    Signal: ClassVar["Action"]
+    Flush: ClassVar["Action"]
+    Snapshot: ClassVar["Action"]
+    Wait: ClassVar["Action"]
+    Done: ClassVar["Action"]
+    def __int__(self) -> int: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
+
+@final
+class Driver:
     def __new__(
         cls,
         *,
@@ -110,47 +104,32 @@ class Core:
         events: Any,
         checkpoints: Any,
         content_type: str,
-        client_id: str,
-        kinds: List[str],
-        conversation_ids: List[str],
-        entry_channels: List[str],
-        entry_content_types: List[str],
-        entry_roles: List[str],
-        scope: str,
-        after_cursor: Optional[str],
-        justification: Optional[str],
-        checkpoint_interval: float,
-        checkpoint_every: int,
-        reconnect_min: float,
-        reconnect_max: float,
-        stale_cursor: str,
-        buffer_size: int,
-        max_batch: int,
-        stop_timeout: float,
-    ) -> "Core": ...
+        config: Config,
+    ) -> "Driver": ...
     def load(self) -> Awaitable[LoadResult]: ...
     def start(self, loaded: Optional[LoadResult] = None) -> None: ...
-    def next_action(self) -> Tuple[int, Any]: ...
+    def next_action(self) -> Tuple[Action, Any]: ...
     def handled(self) -> None: ...
     def flushed(self) -> None: ...
     def submit_snapshot(self, json: str) -> None: ...
     def abort(self) -> None: ...
     def stop(self) -> None: ...
     def stop_requested(self) -> bool: ...
-    def stats(self) -> Dict[str, Any]: ...
+    def stats(self) -> Stats: ...
 
 @final
 class NativeServer:
     def __new__(
         cls,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        unix_path: Optional[str] = None,
-        api_keys: Optional[Dict[str, str]] = None,
-        queue_capacity: int = 65536,
-        data_dir: Optional[str] = None,
-        tls_cert_file: Optional[str] = None,
-        tls_key_file: Optional[str] = None,
+        *,
+        host: str = ...,
+        port: int = ...,
+        unix_path: Optional[str] = ...,
+        api_keys: Optional[Dict[str, str]] = ...,
+        queue_capacity: int = ...,
+        data_dir: Optional[str] = ...,
+        tls_cert_file: Optional[str] = ...,
+        tls_key_file: Optional[str] = ...,
     ) -> "NativeServer": ...
     def start(self) -> str: ...
     def stop(self) -> None: ...
@@ -175,4 +154,3 @@ class NativeServer:
 def reset_log_cache() -> None: ...
 def shutdown_logging() -> None: ...
 def quiesce(timeout: float = 1.0) -> None: ...
-def bench_raw_read(endpoint: str, count: int, after_cursor: str = "start", api_key: Optional[str] = None) -> float: ...

@@ -8,11 +8,12 @@ import json
 import logging
 import socket
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from . import _native
 from ._clients import ConnectionOptions, GrpcCheckpointClient, GrpcEventClient
 from ._config import Config, Duration
+from ._stats import Stats, initial_stats
 from .errors import ConfigurationError
 
 __all__ = ["Runtime"]
@@ -129,8 +130,8 @@ class Runtime:
             )
         self._events = events
         self._checkpoints = checkpoints
-        self._core: Optional[_native.Core] = None
-        self._last_stats: Optional[Dict[str, Any]] = None
+        self._driver: Optional[_native.Driver] = None
+        self._last_stats: Optional[Stats] = None
         self._lock = threading.Lock()
         self._stop_requested = False
         self._running = False
@@ -148,41 +149,20 @@ class Runtime:
         """
         with self._lock:
             self._stop_requested = True
-            core = self._core
-        if core is not None:
-            core.stop()
+            driver = self._driver
+        if driver is not None:
+            driver.stop()
 
-    def stats(self) -> Dict[str, Any]:
-        """Counters and gauges of the current (or last) run.
-
-        ``events_received`` / ``events_handled`` / ``events_skipped`` (stream signals),
-        ``checkpoints_written`` / ``checkpoints_failed`` / ``checkpoints_skipped`` (unchanged
-        snapshots), ``reconnects``, ``batches``, ``phase`` (connecting, replay, live, stopped),
-        ``last_cursor``, ``last_checkpoint_age`` (seconds), ``buffer_depth``,
-        ``handle_seconds_mean`` / ``handle_seconds_max`` (per event).
-        """
-        core = self._core
-        if core is None and self._last_stats is not None:
-            return dict(self._last_stats)
-        if core is None:
-            return {
-                "client_id": self.config.client_id,
-                "events_received": 0,
-                "events_handled": 0,
-                "events_skipped": 0,
-                "checkpoints_written": 0,
-                "checkpoints_failed": 0,
-                "checkpoints_skipped": 0,
-                "reconnects": 0,
-                "batches": 0,
-                "phase": "connecting",
-                "last_cursor": None,
-                "last_checkpoint_age": None,
-                "buffer_depth": 0,
-                "handle_seconds_mean": 0.0,
-                "handle_seconds_max": 0.0,
-            }
-        return core.stats()
+    def stats(self) -> Stats:
+        """Counters and gauges of the current (or last) run: the keys of
+        :class:`~memory_service_processor._stats.Stats`, where each is documented (zeros and
+        phase ``"connecting"`` before the first run)."""
+        driver = self._driver
+        if driver is not None:
+            return driver.stats()
+        if self._last_stats is not None:
+            return self._last_stats.copy()
+        return initial_stats(self.config.client_id)
 
     def _clients(self) -> "tuple[Any, Any]":
         events = self._events
@@ -214,13 +194,13 @@ class Runtime:
             await self._run()
         finally:
             with self._lock:
-                core, self._core = self._core, None
+                driver, self._driver = self._driver, None
                 # A later run() starts afresh (a stop() called before run() applies to that run).
                 self._stop_requested = False
-            if core is not None:
+            if driver is not None:
                 # Keep the numbers, release the native side while the interpreter is alive.
-                self._last_stats = core.stats()
-                del core
+                self._last_stats = driver.stats()
+                del driver
             self._running = False
 
     async def _run(self) -> None:
@@ -232,79 +212,82 @@ class Runtime:
                 f"{type(processor).__name__}.content_type() must return a non-empty string, got {content_type!r}"
             )
         events, checkpoints = self._clients()
-        # The core wakes this loop by writing a byte to `wake_w` (no Rust thread ever calls
+        # The driver wakes this loop by writing a byte to `wake_w` (no Rust thread ever calls
         # into Python to do so); the loop watches `wake_r`.
         wake_r, wake_w = socket.socketpair()
         try:
             wake_r.setblocking(False)
-            core = _native.Core(
+            driver = _native.Driver(
                 wake_fd=wake_w.fileno(),
                 events=events,
                 checkpoints=checkpoints,
                 content_type=content_type,
-                **self.config._native_kwargs(),
+                config=self.config,
             )
         finally:
-            wake_w.close()  # the core keeps its own duplicate
+            wake_w.close()  # the driver keeps its own duplicate
         try:
-            await self._start(core, processor, wake_r)
+            await self._start(driver, processor, wake_r)
         finally:
             wake_r.close()
 
-    async def _start(self, core: "_native.Core", processor: Any, wake_r: socket.socket) -> None:
+    async def _start(self, driver: "_native.Driver", processor: Any, wake_r: socket.socket) -> None:
         with self._lock:
-            self._core = core
+            self._driver = driver
             if self._stop_requested:
-                core.stop()
+                driver.stop()
         try:
-            loaded = await core.load()
+            loaded = await driver.load()
         except asyncio.CancelledError:
-            core.abort()
+            driver.abort()
             return
         except Exception:
-            if core.stop_requested():
+            if driver.stop_requested():
                 # stop() while the server was still unreachable: nothing was handled.
-                core.abort()
+                driver.abort()
                 return
             raise
         if loaded.text is not None:
             processor.load(json.loads(loaded.text))
-        core.start(loaded)
+        driver.start(loaded)
         log.info("processor %s started", self.config.client_id, extra={"client_id": self.config.client_id})
         loop = asyncio.get_running_loop()
         waker = _Waker(loop, wake_r)
         try:
-            await self._loop(core, processor, waker)
+            await self._loop(driver, processor, waker)
         finally:
             waker.close()
 
-    def _cancelled(self, core: "_native.Core") -> None:
+    def _cancelled(self, driver: "_native.Driver") -> None:
         """Cancellation between events is a graceful stop: flush, final checkpoint, return."""
         log.info("run of %s cancelled: stopping gracefully", self.config.client_id)
-        core.stop()
+        driver.stop()
 
-    async def _loop(self, core: "_native.Core", processor: Any, waker: "_Waker") -> None:
+    async def _loop(self, driver: "_native.Driver", processor: Any, waker: "_Waker") -> None:
+        """Executes the driver's actions until ``Action.Done`` (the hot path: one iteration per
+        batch; the actions are compared by identity)."""
         handle = processor.handle
         flush = getattr(processor, "flush", None)
         snapshot = processor.snapshot
         hook = getattr(processor, "on_stream_event", None)
         async_handle = inspect.iscoroutinefunction(handle)
-        next_action = core.next_action
-        handled = core.handled
+        next_action = driver.next_action
+        handled = driver.handled
         sleep = asyncio.sleep
         isawaitable = inspect.isawaitable
-        A_HANDLE, A_SIGNAL, A_FLUSH, A_SNAPSHOT, A_WAIT, A_DONE = (
-            _native.A_HANDLE,
-            _native.A_SIGNAL,
-            _native.A_FLUSH,
-            _native.A_SNAPSHOT,
-            _native.A_WAIT,
-            _native.A_DONE,
+        Action = _native.Action
+        HANDLE, SIGNAL, FLUSH, SNAPSHOT, WAIT, DONE = (
+            Action.Handle,
+            Action.Signal,
+            Action.Flush,
+            Action.Snapshot,
+            Action.Wait,
+            Action.Done,
         )
         try:
             while True:
-                code, payload = next_action()
-                if code == A_HANDLE:
+                action, payload = next_action()
+                if action is HANDLE:
                     if async_handle:
                         for event in payload:
                             await handle(event)
@@ -318,28 +301,28 @@ class Runtime:
                     try:
                         await sleep(0)
                     except asyncio.CancelledError:
-                        self._cancelled(core)
-                elif code == A_WAIT:
+                        self._cancelled(driver)
+                elif action is WAIT:
                     try:
                         await waker.wait(payload)
                     except asyncio.CancelledError:
-                        self._cancelled(core)
-                elif code == A_SNAPSHOT:
-                    core.submit_snapshot(_encode_snapshot(processor, snapshot()))
-                elif code == A_FLUSH:
+                        self._cancelled(driver)
+                elif action is SNAPSHOT:
+                    driver.submit_snapshot(_encode_snapshot(processor, snapshot()))
+                elif action is FLUSH:
                     if flush is not None:
                         r = flush()
                         if r is not None and isawaitable(r):
                             await r
-                    core.flushed()
-                elif code == A_SIGNAL:
+                    driver.flushed()
+                elif action is SIGNAL:
                     if hook is not None:
                         r = hook(payload)
                         if r is not None and isawaitable(r):
                             await r
-                elif code == A_DONE:
+                elif action is DONE:
                     log.info("processor %s stopped", self.config.client_id, extra={"client_id": self.config.client_id})
                     return
         except BaseException:
-            core.abort()
+            driver.abort()
             raise

@@ -1,5 +1,6 @@
 //! Python objects as the loop's clients (`Runtime(..., events=..., checkpoints=...)`): their
 //! coroutines run on the event loop that runs the processor, driven by the same Rust loop.
+//! Python counterpart: the `EventClient` / `CheckpointClient` protocols of `_model.py`.
 //!
 //! Errors they raise are classified: `CheckpointNotFoundError` on `get` is a first run,
 //! `TransientError` (or any `MemoryServiceProcessorError` marked transient) is retried with
@@ -13,33 +14,24 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_async_runtimes::TaskLocals;
 
-use super::{errors_module, PyEventEnvelope};
+use super::envelope::EventEnvelope;
+use super::errors::is_instance_of;
 use crate::error::{Error, Result};
 use crate::model::{
-    Checkpoint, CheckpointStore, Event, EventSource, EventStream, Scope, SubscribeRequest,
+    Checkpoint, CheckpointClient, Event, EventClient, EventStream, Scope, SubscribeRequest,
 };
 
 /// A Python exception carried through the core unchanged.
 pub struct PyErrBox(pub PyErr);
 
 fn classify(py: Python<'_>, e: PyErr) -> Error {
-    let transient = errors_module(py)
-        .and_then(|m| m.getattr("TransientError"))
-        .map(|cls| e.is_instance(py, &cls))
-        .unwrap_or(false);
+    let transient = is_instance_of(py, &e, "TransientError");
     let message = e.to_string();
     Error::External {
         message,
         transient,
         payload: Arc::new(PyErrBox(e)),
     }
-}
-
-fn is_not_found(py: Python<'_>, e: &PyErr) -> bool {
-    errors_module(py)
-        .and_then(|m| m.getattr("CheckpointNotFoundError"))
-        .map(|cls| e.is_instance(py, &cls))
-        .unwrap_or(false)
 }
 
 fn require(obj: &Bound<'_, PyAny>, methods: &[&str], what: &str) -> PyResult<()> {
@@ -76,26 +68,26 @@ fn locals(py: Python<'_>) -> PyResult<TaskLocals> {
     pyo3_async_runtimes::tokio::get_current_locals(py)
 }
 
-pub fn event_source(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn EventSource>> {
+pub fn event_client(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Arc<dyn EventClient>> {
     require(obj, &["subscribe"], "events")?;
-    Ok(Arc::new(PyEventSource {
+    Ok(Arc::new(PyEventClient {
         obj: obj.clone().unbind(),
         locals: locals(py)?,
     }))
 }
 
-pub fn checkpoint_store(
+pub fn checkpoint_client(
     py: Python<'_>,
     obj: &Bound<'_, PyAny>,
-) -> PyResult<Arc<dyn CheckpointStore>> {
+) -> PyResult<Arc<dyn CheckpointClient>> {
     require(obj, &["get", "put"], "checkpoints")?;
-    Ok(Arc::new(PyCheckpointStore {
+    Ok(Arc::new(PyCheckpointClient {
         obj: obj.clone().unbind(),
         locals: locals(py)?,
     }))
 }
 
-struct PyEventSource {
+struct PyEventClient {
     obj: Py<PyAny>,
     locals: TaskLocals,
 }
@@ -123,7 +115,7 @@ fn request_object<'py>(py: Python<'py>, r: &SubscribeRequest) -> PyResult<Bound<
 }
 
 #[async_trait]
-impl EventSource for PyEventSource {
+impl EventClient for PyEventClient {
     async fn subscribe(&self, request: SubscribeRequest) -> Result<Box<dyn EventStream>> {
         let fut = Python::attach(|py| -> PyResult<_> {
             let req = request_object(py, &request)?;
@@ -165,7 +157,7 @@ impl EventStream for PyEventStream {
         match fut.await {
             Ok(obj) => Python::attach(|py| {
                 let b = obj.bind(py);
-                match b.cast::<PyEventEnvelope>() {
+                match b.cast::<EventEnvelope>() {
                     Ok(env) => Ok(Some(env.get().to_event())),
                     Err(_) => Err(classify(
                         py,
@@ -190,7 +182,7 @@ impl EventStream for PyEventStream {
     }
 }
 
-struct PyCheckpointStore {
+struct PyCheckpointClient {
     obj: Py<PyAny>,
     locals: TaskLocals,
 }
@@ -216,7 +208,7 @@ fn checkpoint_from(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Checkpoin
 }
 
 #[async_trait]
-impl CheckpointStore for PyCheckpointStore {
+impl CheckpointClient for PyCheckpointClient {
     async fn get(&self, client_id: &str) -> Result<Checkpoint> {
         let fut = Python::attach(|py| -> PyResult<_> {
             let aw = self.obj.bind(py).call_method1("get", (client_id,))?;
@@ -226,7 +218,9 @@ impl CheckpointStore for PyCheckpointStore {
         let r = fut.await;
         Python::attach(|py| match r {
             Ok(obj) => checkpoint_from(py, obj.bind(py)).map_err(|e| classify(py, e)),
-            Err(e) if is_not_found(py, &e) => Err(Error::CheckpointNotFound(client_id.to_string())),
+            Err(e) if is_instance_of(py, &e, "CheckpointNotFoundError") => {
+                Err(Error::CheckpointNotFound(client_id.to_string()))
+            }
             Err(e) => Err(classify(py, e)),
         })
     }

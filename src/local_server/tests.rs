@@ -7,8 +7,8 @@ use serde_json::json;
 
 use super::*;
 use crate::driver::{wait, Action, Driver};
-use crate::grpc::{ConnectOptions, Connection, GrpcCheckpointStore, GrpcEventSource};
-use crate::model::{CheckpointStore, EventSource, LoopConfig, Scope, SubscribeRequest};
+use crate::grpc::{ConnectOptions, Connection, GrpcCheckpointClient, GrpcEventClient};
+use crate::model::{CheckpointClient, EventClient, LoopConfig, Scope, SubscribeRequest};
 
 async fn server(opts: ServerOptions) -> (LocalMemoryService, String) {
     let s = LocalMemoryService::new(opts).unwrap();
@@ -60,7 +60,7 @@ async fn replay_then_live_with_phases_and_cursors() {
     let (s, ep) = server(ServerOptions::default()).await;
     let cursors = s.publish_many(entries(3, "USER"));
     assert_eq!(cursors, vec!["1", "2", "3"]);
-    let src = GrpcEventSource::new(conn(&ep, None));
+    let src = GrpcEventClient::new(conn(&ep, None));
     let mut st = src.subscribe(request(Some("1"))).await.unwrap();
     let mut got = Vec::new();
     for _ in 0..4 {
@@ -83,7 +83,7 @@ async fn purged_cursor_gets_invalidate_then_a_clean_end() {
     s.publish_many(entries(10, "USER"));
     s.purge(5);
     assert_eq!(s.outbox_range(), (6, 11));
-    let src = GrpcEventSource::new(conn(&ep, None));
+    let src = GrpcEventClient::new(conn(&ep, None));
     let mut st = src.subscribe(request(Some("2"))).await.unwrap();
     let first = st.recv().await.unwrap().unwrap();
     assert_eq!(first.event, "phase");
@@ -114,13 +114,13 @@ async fn auth_roles_and_fault_injection() {
         ..ServerOptions::default()
     })
     .await;
-    let none = GrpcCheckpointStore::new(conn(&ep, None));
+    let none = GrpcCheckpointClient::new(conn(&ep, None));
     let e = none.get("x").await.unwrap_err();
     assert!(e.to_string().contains("UNAUTHENTICATED"), "{e}");
-    let user = GrpcCheckpointStore::new(conn(&ep, Some("user-key")));
+    let user = GrpcCheckpointClient::new(conn(&ep, Some("user-key")));
     let e = user.get("x").await.unwrap_err();
     assert!(e.to_string().contains("PERMISSION_DENIED"), "{e}");
-    let admin = GrpcCheckpointStore::new(conn(&ep, Some("admin-key")));
+    let admin = GrpcCheckpointClient::new(conn(&ep, Some("admin-key")));
     assert!(matches!(
         admin.get("x").await,
         Err(crate::error::Error::CheckpointNotFound(_))
@@ -150,7 +150,7 @@ async fn filters_by_kind_and_entry_role() {
         "created".into(),
         Bytes::from_static(b"{\"conversation\":\"c1\"}"),
     )]);
-    let src = GrpcEventSource::new(conn(&ep, None));
+    let src = GrpcEventClient::new(conn(&ep, None));
     let mut req = request(Some("start"));
     req.kinds = vec!["entry".into()];
     req.entry_roles = vec!["ai".into()];
@@ -188,8 +188,8 @@ async fn the_loop_resumes_exactly_after_a_restart() {
         let c = conn(&ep, None);
         let mut d = Driver::new(
             cfg,
-            std::sync::Arc::new(GrpcEventSource::new(c.clone())),
-            std::sync::Arc::new(GrpcCheckpointStore::new(c)),
+            std::sync::Arc::new(GrpcEventClient::new(c.clone())),
+            std::sync::Arc::new(GrpcCheckpointClient::new(c)),
             "application/t".into(),
             tokio::runtime::Handle::current(),
         )
@@ -291,7 +291,7 @@ async fn writes_are_on_disk_when_the_call_returns() {
     s.publish_many(entries(3, "USER"));
     let lines = std::fs::read_to_string(dir.join("outbox.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 3);
-    let admin = GrpcCheckpointStore::new(conn(&ep, None));
+    let admin = GrpcCheckpointClient::new(conn(&ep, None));
     for n in 0..5 {
         let v = json!({"lastEventCursor": n.to_string()});
         admin.put("grpc", "application/t", &v).await.unwrap();
@@ -315,7 +315,7 @@ async fn concurrent_checkpoint_puts_leave_the_latest_table() {
     .await;
     let mut tasks = Vec::new();
     for client in 0..8 {
-        let store = GrpcCheckpointStore::new(conn(&ep, None));
+        let store = GrpcCheckpointClient::new(conn(&ep, None));
         tasks.push(tokio::spawn(async move {
             for n in 0..10 {
                 let v = json!({"n": n});

@@ -340,7 +340,7 @@ class ProcessorRun:
                 processor=self.processor,
                 events=list(self.events),
                 signals=list(self.signals),
-                stats=self.runtime.stats(),
+                stats=dict(self.runtime.stats()),
                 checkpoint=await self.stored_checkpoint(),
                 checkpoints=self.checkpoints,
             )
