@@ -9,10 +9,10 @@ Prints one JSON line on stdout with the case's timings and counters; the driver
 ``async``             the same with ``async def handle``
 ``data``              the sync processor reading ``event.data`` (JSON decode) for every event
 ``sync-every1000``    ``sync`` with ``checkpoint_every=1000``
-``grpcio-seed``       the plain ``grpc.aio`` loop, seed's rules (a write after every event)
+``grpcio-seed``       the plain ``grpc.aio`` loop, write-every-event rules (a write after every event)
 ``grpcio-every1000``  the same loop writing every 1,000 events
 ``live``              publish-to-handle latency, our runtime with default settings
-``live-grpcio``       publish-to-handle latency, the plain ``grpc.aio`` loop (seed's rules)
+``live-grpcio``       publish-to-handle latency, the plain ``grpc.aio`` loop (write-every-event rules)
 ``memory``            ``sync`` over ``--events`` events, sleeping 1 ms every 1,000 events,
                       sampling the process's RSS every ``--sample-every`` events
 """

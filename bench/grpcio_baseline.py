@@ -1,17 +1,17 @@
-"""The plain-Python baseline: the seed's checkpointed stream loop written with ``grpc.aio``.
+"""The plain-Python baseline: a naive checkpointed stream loop written with ``grpc.aio``.
 
 This is what a Python developer would write without this package: an idiomatic ``grpc.aio``
 client (one channel, generated stubs, ``async for`` over the server stream) following the
-seed's rules (``runtime-semantics.md``):
+write-every-event rules (``docs/semantics.md``):
 
 1. ``GetCheckpoint(client_id)``; NOT_FOUND means a first run (replay from ``after_cursor``).
 2. ``SubscribeEvents`` with ``detail="full"`` and admin scope.
 3. For each event: skip ``kind == "stream"``; ``processor.handle(event)``; then *save*.
    Every ``checkpoint_interval`` seconds: ``processor.flush()`` then save.
 4. Save = ``processor.snapshot()``; skipped when byte-identical to the last saved JSON, else
-   ``await PutCheckpoint(...)`` (handling waits for it, as in the seed).
+   ``await PutCheckpoint(...)`` (handling waits for it, as a naive loop does).
 
-``every`` = 1 is the seed exactly (a write after every event); ``every`` = 1000 is the same loop
+``every`` = 1 is that naive loop exactly (a write after every event); ``every`` = 1000 is the same loop
 saving after every 1,000 handled events, the obvious manual optimisation. Nothing is crippled:
 the snapshot is converted with ``Value.struct_value.update`` (not ``json_format``), the stream
 is read with ``async for`` (the documented idiom), and no per-event logging is done.
@@ -167,10 +167,10 @@ async def run_loop(
     after_cursor: Optional[str] = "start",
     checkpoint_interval: float = 5.0,
 ) -> Dict[str, Any]:
-    """Runs the seed's loop until ``processor`` reached its target; returns timings and counts.
+    """Runs the naive loop until ``processor`` reached its target; returns timings and counts.
 
     ``seconds`` runs from before the channel is created to the moment the target event was
-    handled (including the PutCheckpoint the seed's rules attach to it).
+    handled (including the PutCheckpoint write-every-event rules attach to it).
     """
     import grpc
     from google.protobuf import struct_pb2

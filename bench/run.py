@@ -41,7 +41,7 @@ LABELS = {
     "async": "ours: async processor (defaults)",
     "data": "ours: sync, reads event.data",
     "sync-every1000": "ours: sync, checkpoint_every=1000",
-    "grpcio-seed": "grpc.aio loop, seed's rules",
+    "grpcio-seed": "grpc.aio loop, write-every-event rules",
     "grpcio-every1000": "grpc.aio loop, write every 1,000",
     "live": "ours: live latency (defaults)",
     "live-grpcio": "grpc.aio loop: live latency",
@@ -255,7 +255,7 @@ class Bench:
         return cmd
 
     def events_for(self, case: str) -> int:
-        """Events a case handles (``--seed-events`` may cap the slow seed-rules loop)."""
+        """Events a case handles (``--seed-events`` may cap the slow write-every-event loop)."""
         if case == "grpcio-seed" and self.a.seed_events:
             return min(self.a.seed_events, self.a.events)
         return self.a.events
@@ -441,7 +441,7 @@ def targets(c: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
 
     x = ratio(eps("sync"), eps("grpcio-seed"))
     if x is not None:
-        add("sync vs grpc.aio loop, seed's rules", x, ">=", TARGETS["x_seed"], x >= TARGETS["x_seed"])
+        add("sync vs grpc.aio loop, write-every-event rules", x, ">=", TARGETS["x_seed"], x >= TARGETS["x_seed"])
     x = ratio(eps("sync"), eps("grpcio-every1000"))
     if x is not None:
         add("sync vs grpc.aio loop, write every 1,000", x, ">=", TARGETS["x_every1000"], x >= TARGETS["x_every1000"])
@@ -563,7 +563,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--cases", default=",".join(ALL_CASES), help=f"comma-separated subset of: {','.join(ALL_CASES)}")
     p.add_argument("--memory-events", type=int, default=None, help="events of the memory run (default 1,000,000)")
     p.add_argument("--seed-events", type=int, default=None,
-                   help="cap the events of the grpc.aio seed-rules loop (default: --events; it runs at ~2k/s)")
+                   help="cap the events of the grpc.aio write-every-event loop (default: --events; it runs at ~2k/s)")
     p.add_argument("--live-rate", type=float, default=1000.0, help="live case: events published per second")
     p.add_argument("--live-seconds", type=float, default=None, help="live case: seconds of publishing (default 5)")
     p.add_argument("--live-warmup", type=int, default=200, help="live case: first events left out of the figures")

@@ -105,7 +105,7 @@ fn is_tls_rejection(message: &str) -> bool {
     message.contains("invalid peer certificate")
 }
 
-/// Codes that a retry with backoff may cure (wire-contract.md, "Status codes").
+/// Codes that a retry with backoff may cure (docs/semantics.md, section 8).
 pub fn is_transient_code(code: tonic::Code) -> bool {
     use tonic::Code::*;
     matches!(

@@ -77,7 +77,7 @@ def test_bench_smoke_run_reports_every_case(tmp_path: Path) -> None:
         assert stats["checkpoints_written"] >= 1
         assert stats["checkpoints_failed"] == 0
         assert stats["batches"] >= 1
-    # The seed's rules write a checkpoint after every event.
+    # The write-every-event rules write a checkpoint after every event.
     if _have_grpcio():
         assert results["grpcio-seed"]["runs"][0]["checkpoints_written"] >= events
 
