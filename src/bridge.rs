@@ -1228,6 +1228,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .enable_all();
     pyo3_async_runtimes::tokio::init(builder);
     install_logging(m.py())?;
+    // Checked against the package metadata on import (python/memory_service_processor/_version.py).
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("BUILD_PROFILE", if cfg!(debug_assertions) { "debug" } else { "release" })?;
     m.add_class::<PyEventEnvelope>()?;
     m.add_class::<NativeConnection>()?;
     m.add_class::<NativeCheckpointClient>()?;

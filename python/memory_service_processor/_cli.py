@@ -220,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 clean stop, 1 runtime failure, 2 usage or configuration error, "
         "130 a second Ctrl-C. See docs/cli.md.",
     )
-    from . import __version__
+    from ._version import PrintVersion
 
-    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--version", action=PrintVersion)
     sub = p.add_subparsers(dest="command", metavar="{run,demo,checkpoint}", parser_class=_Parser)
 
     run = sub.add_parser(

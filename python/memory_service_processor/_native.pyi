@@ -33,6 +33,8 @@ A_SNAPSHOT: int
 A_WAIT: int
 A_DONE: int
 DEFAULT_MAX_MESSAGE_SIZE: int
+__version__: str
+BUILD_PROFILE: str
 
 _CheckpointTuple = Tuple[str, str, str, Optional[float]]
 
