@@ -11,6 +11,7 @@ __all__ = [
     "A_SIGNAL",
     "A_SNAPSHOT",
     "A_WAIT",
+    "BUILD_PROFILE",
     "Core",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "EventEnvelope",
@@ -24,6 +25,7 @@ __all__ = [
     "reset_log_cache",
     "shutdown_logging",
     "quiesce",
+    "__version__",
 ]
 
 A_HANDLE: int
