@@ -1230,7 +1230,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     install_logging(m.py())?;
     // Checked against the package metadata on import (python/memory_service_processor/_version.py).
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("BUILD_PROFILE", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    let debug = cfg!(debug_assertions);
+    m.add("BUILD_PROFILE", if debug { "debug" } else { "release" })?;
     m.add_class::<PyEventEnvelope>()?;
     m.add_class::<NativeConnection>()?;
     m.add_class::<NativeCheckpointClient>()?;
