@@ -9,7 +9,7 @@
 //! - `bridge` (feature `python`): the PyO3 module `memory_service_processor._native`.
 
 // Unix only (Linux and macOS): the core uses Unix-domain sockets (the wake-up socket, `unix://`
-// endpoints) and POSIX signal masks. Say so once, up front, rather than with a page of errors.
+// endpoints) and POSIX signal masks. Say so first, before the errors about the missing Unix APIs.
 #[cfg(not(unix))]
 compile_error!(
     "memory-service-processor supports Linux and macOS (Unix) only: its core needs Unix-domain \
