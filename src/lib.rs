@@ -9,6 +9,14 @@
 //!   tests, benchmarks and the demo.
 //! - `bridge` (feature `python`): the PyO3 module `memory_service_processor._native`.
 
+// Unix only (Linux and macOS): the core uses Unix-domain sockets (the wake-up socket, `unix://`
+// endpoints) and POSIX signal masks. Say so first, before the errors about the missing Unix APIs.
+#[cfg(not(unix))]
+compile_error!(
+    "memory-service-processor supports Linux and macOS (Unix) only: its core needs Unix-domain \
+     sockets and POSIX signal masks. On Windows, install it in WSL (Windows Subsystem for Linux)."
+);
+
 pub mod backoff;
 pub mod buffer;
 pub mod checkpoint_writer;

@@ -1,6 +1,11 @@
 //! The consumer's wake-up: a tokio `Notify` for Rust consumers, plus, optionally, a byte written
 //! to a socket the Python event loop watches. The socket needs no GIL and no thread of ours
 //! calling into Python, so a wake-up can never race the interpreter's shutdown.
+//!
+//! Portable across Unix systems (Linux and macOS alike): only std's `UnixStream`, non-blocking
+//! mode and a plain `write`, no platform-specific socket or send flags. Once the reader has
+//! closed its end, a write fails with `EPIPE` and is ignored here; the `SIGPIPE` it also raises
+//! is ignored by CPython, which sets it to `SIG_IGN` at start-up on every Unix.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;

@@ -11,6 +11,9 @@ from __future__ import annotations
 import atexit
 import logging
 
+# First: check that the native module comes from the same build as these files (a clear
+# ImportError otherwise), before anything else uses it.
+from ._version import __version__
 from ._clients import GrpcCheckpointClient, GrpcEventClient, GrpcEventStream
 from ._config import Config, parse_duration
 from ._connection import ConnectionOptions
@@ -34,8 +37,6 @@ from .errors import (
     StaleCursorError,
     TransientError,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Checkpoint",

@@ -11,6 +11,7 @@ from ._stats import Stats
 
 __all__ = [
     "Action",
+    "BUILD_PROFILE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "Driver",
     "EventEnvelope",
@@ -23,9 +24,12 @@ __all__ = [
     "reset_log_cache",
     "shutdown_logging",
     "quiesce",
+    "__version__",
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE: int
+__version__: str
+BUILD_PROFILE: str
 
 _CheckpointTuple = Tuple[str, str, str, Optional[float]]
 

@@ -34,6 +34,10 @@ mod testing;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     runtime::init();
     logging::install(m.py())?;
+    // Checked against the package metadata on import (python/memory_service_processor/_version.py).
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    let debug = cfg!(debug_assertions);
+    m.add("BUILD_PROFILE", if debug { "debug" } else { "release" })?;
     m.add_class::<envelope::EventEnvelope>()?;
     m.add_class::<clients::NativeConnection>()?;
     m.add_class::<clients::NativeCheckpointClient>()?;

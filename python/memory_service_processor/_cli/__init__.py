@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from .. import __version__
+from .._version import PrintVersion
 from ..errors import ConfigurationError, MemoryServiceProcessorError
 from . import checkpoint, demo, run
 from .errors import (
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 clean stop, 1 runtime failure, 2 usage or configuration error, "
         "130 a second Ctrl-C. See docs/cli.md.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action=PrintVersion)
     commands = parser.add_subparsers(dest="command", metavar="{run,demo,checkpoint}", parser_class=OneLineParser)
     run.add_parser(commands)
     demo.add_parser(commands)
