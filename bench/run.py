@@ -566,6 +566,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="cap the events of the grpc.aio write-every-event loop (default: --events; it runs at ~2k/s)")
     p.add_argument("--live-rate", type=float, default=1000.0, help="live case: events published per second")
     p.add_argument("--live-seconds", type=float, default=None, help="live case: seconds of publishing (default 5)")
+    p.add_argument("--raw-reader", default=None,
+                   help="raw case: an already built bench/raw_read executable (default: build it with cargo)")
     p.add_argument("--live-warmup", type=int, default=200, help="live case: first events left out of the figures")
     a = p.parse_args(argv)
     q = a.quick
@@ -598,8 +600,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     modes = [a.pin] if a.pin else ["unpinned", "pinned"]
     if "pinned" in modes and len(os.sched_getaffinity(0)) < 2:
         log("note: fewer than 2 CPUs available; the pinned run puts server and processor on one CPU")
-    raw_reader = None
-    if "raw" in cases:
+    raw_reader = a.raw_reader
+    if "raw" in cases and raw_reader is None:
         sys.path.insert(0, str(HERE))
         import cases as bench_cases
 
