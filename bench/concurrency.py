@@ -9,7 +9,10 @@ side in one run, each a fresh client id replaying the same preloaded
 Per case: events/s, its ratio to the sequential rate and to the ideal
 ``min(N / 20 ms, CPU limit)`` (the CPU limit being one event per loop-thread CPU time per
 event), the loop thread's CPU time per event (``time.thread_time()`` deltas taken on the loop
-thread), and the most handlers seen in flight at once. Timing runs from the first ``handle``
+thread), and the most handlers seen in flight at once. A second row per value, "asyncio
+alone", runs the same handler over the same events with N plain asyncio workers and no
+runtime (no keys, no checkpoints): the ceiling that Python's event loop sets on this machine.
+Timing runs from the first ``handle``
 call to the completion of the ``--events``-th one (connecting and the final checkpoint are not
 timed). At ``max_concurrency=1`` a handler runs at ~50 events/s, so that case handles only
 ``--sequential-events`` events (default 500) and its rate is extrapolated to the rest: the
@@ -110,6 +113,7 @@ async def run_case(endpoint: str, concurrency: int, events: int, delay: float) -
     seconds = processor.t1 - processor.t0
     cpu = processor.cpu1 - processor.cpu0
     return {
+        "what": "runtime",
         "max_concurrency": concurrency,
         "events": events,
         "seconds": seconds,
@@ -117,6 +121,28 @@ async def run_case(endpoint: str, concurrency: int, events: int, delay: float) -
         "loop_cpu_us_per_event": cpu / events * 1e6,
         "peak_in_flight": processor.peak_in_flight,
         "stats": dict(runtime.stats()),
+    }
+
+
+async def run_baseline(envelopes: Sequence[EventEnvelope], concurrency: int, events: int, delay: float) -> Dict[str, Any]:
+    """The same handler over the same events with ``concurrency`` plain asyncio workers."""
+    processor = ModelCaller(delay, events)
+    todo = iter(envelopes[:events])
+
+    async def worker() -> None:
+        for event in todo:
+            await processor.handle(event)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = processor.t1 - processor.t0
+    return {
+        "what": "asyncio alone",
+        "max_concurrency": concurrency,
+        "events": events,
+        "seconds": seconds,
+        "events_per_s": events / seconds,
+        "loop_cpu_us_per_event": (processor.cpu1 - processor.cpu0) / events * 1e6,
+        "peak_in_flight": processor.peak_in_flight,
     }
 
 
@@ -128,12 +154,12 @@ def ideal(concurrency: int, delay: float, cpu_us: float) -> float:
 
 def table(results: List[Dict[str, Any]], delay: float, total_events: int) -> str:
     """The Markdown table of the cases."""
-    sequential = next((r for r in results if r["max_concurrency"] == 1), None)
     rows = [
-        ("max_concurrency", "events", "events/s", "x sequential", "ideal events/s", "x ideal", "loop CPU us/event",
+        ("what", "max_concurrency", "events", "events/s", "x sequential", "ideal events/s", "x ideal", "loop CPU us/event",
          "peak in flight", "notes"),
     ]
     for r in results:
+        sequential = next((s for s in results if s["max_concurrency"] == 1 and s["what"] == r["what"]), None)
         n = r["max_concurrency"]
         best = ideal(n, delay, r["loop_cpu_us_per_event"])
         x_seq = f"{r['events_per_s'] / sequential['events_per_s']:.1f}x" if sequential else ""
@@ -144,12 +170,12 @@ def table(results: List[Dict[str, Any]], delay: float, total_events: int) -> str
         if best < n / delay:
             notes.append(f"ideal bound by the loop thread's CPU (N / {delay * 1000:g} ms = {n / delay:,.0f})")
         rows.append((
-            str(n), f"{r['events']:,}", f"{r['events_per_s']:,.0f}", x_seq, f"{best:,.0f}",
+            r["what"], str(n), f"{r['events']:,}", f"{r['events_per_s']:,.0f}", x_seq, f"{best:,.0f}",
             f"{r['events_per_s'] / best:.0%}", f"{r['loop_cpu_us_per_event']:.1f}", str(r["peak_in_flight"]),
             "; ".join(notes),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {1, 2, 3, 4, 5, 6, 7}
+    right = {2, 3, 4, 5, 6, 7, 8}
 
     def line(row: Sequence[str]) -> str:
         cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
@@ -163,7 +189,7 @@ def table(results: List[Dict[str, Any]], delay: float, total_events: int) -> str
 
 def targets(results: List[Dict[str, Any]], delay: float) -> List[str]:
     """The targets, each met or missed (only for the cases that ran)."""
-    by_n = {r["max_concurrency"]: r for r in results}
+    by_n = {r["max_concurrency"]: r for r in results if r["what"] == "runtime"}
     lines = []
     sequential = by_n.get(1)
     if 512 in by_n:
@@ -187,10 +213,12 @@ async def main_async(args: argparse.Namespace) -> Dict[str, Any]:
     if not CONCURRENT:
         skipped = [n for n in levels if n != 1]
         levels = [1]
+    envelopes: List[EventEnvelope] = []
     async with LocalMemoryService() as server:
         started = time.perf_counter()
         for chunk in synthetic_entries(args.events, conversations=args.conversations):
-            server.publish_many(chunk)
+            for cursor, (kind, event, data) in zip(server.publish_many(chunk), chunk):
+                envelopes.append(EventEnvelope(event, kind, json.dumps(data).encode(), cursor))
         log(f"published {args.events:,} entry events over {args.conversations:,} conversations "
             f"in {time.perf_counter() - started:.1f}s")
         results = []
@@ -201,6 +229,11 @@ async def main_async(args: argparse.Namespace) -> Dict[str, Any]:
             log(f"  {result['events_per_s']:,.0f} events/s, loop CPU {result['loop_cpu_us_per_event']:.1f} us/event, "
                 f"peak in flight {result['peak_in_flight']}")
             results.append(result)
+        if not args.no_baseline:
+            for n in sorted(set(levels) | set(skipped)):
+                events = min(args.events, args.sequential_events) if n == 1 else args.events
+                log(f"asyncio alone, {n} workers: {events:,} events ...")
+                results.append(await run_baseline(envelopes, n, events, args.delay))
     return {"results": results, "skipped": skipped}
 
 
@@ -213,6 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--sequential-events", type=int, default=500,
                         help="events handled at max_concurrency=1, extrapolated (default 500)")
     parser.add_argument("--quick", action="store_true", help="a short run: 2,000 events, 100 at max_concurrency=1")
+    parser.add_argument("--no-baseline", action="store_true", help="leave out the asyncio-alone rows")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.quick:
