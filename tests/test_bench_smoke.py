@@ -104,3 +104,36 @@ def test_bench_smoke_run_reports_every_case(tmp_path: Path) -> None:
     if raw:
         assert "sync as a fraction of the raw Rust read" in names
     assert "live p99 publish-to-handle (us)" in names
+
+
+CONCURRENCY = ROOT / "bench" / "concurrency.py"
+
+
+@pytest.mark.timeout(60)
+def test_concurrency_bench_smoke_run(tmp_path: Path) -> None:
+    """``bench/concurrency.py`` end to end on a tiny stream: every case that the runtime supports
+    handles its events and lands in the table (no assertion about speed)."""
+    out = tmp_path / "concurrency.json"
+    proc = subprocess.run(
+        [
+            sys.executable, str(CONCURRENCY),
+            "--events", "160", "--conversations", "20", "--sequential-events", "20",
+            "--concurrency", "1,8", "--json", str(out),
+        ],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    ran = {r["max_concurrency"]: r for r in report["results"] if r["what"] == "runtime"}
+    alone = {r["max_concurrency"]: r for r in report["results"] if r["what"] == "asyncio alone"}
+    assert ran[1]["events"] == alone[1]["events"] == 20
+    assert alone[8]["events"] == 160 and alone[8]["peak_in_flight"] == 8
+    if report["concurrent_runtime"]:
+        assert ran[8]["events"] == 160 and 1 <= ran[8]["peak_in_flight"] <= 8
+    else:
+        assert set(ran) == {1} and report["skipped"] == [8]
+        assert "Not run: max_concurrency 8" in proc.stdout
+    for r in report["results"]:
+        assert r["events_per_s"] > 0 and r["loop_cpu_us_per_event"] > 0
+        assert f"| {r['what']} " in proc.stdout
+    assert ran[1]["peak_in_flight"] == alone[1]["peak_in_flight"] == 1

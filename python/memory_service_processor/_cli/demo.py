@@ -1,10 +1,14 @@
 """``demo``: an example processor end to end, with no setup.
 
 It starts an embedded :class:`~memory_service_processor.testing.LocalMemoryService`, publishes
-a realistic stream (:class:`~.simulator.ConversationSimulator`), then runs the shipped example
-``memory_service_processor.examples.turn_counter`` against it: first the replay of everything
-published, then a live trickle, then a summary table of the busiest conversations. With the
-same ``--data-dir``, a second run resumes from the checkpoint the first one left.
+a realistic stream (:class:`~.simulator.ConversationSimulator`), then runs a shipped example
+against it: first the replay of everything published, then a live trickle, then a summary. The
+example is ``memory_service_processor.examples.turn_counter`` (a table of the busiest
+conversations), or with ``--processor summarizer``
+``memory_service_processor.examples.conversation_summarizer`` (a rolling summary per
+conversation from a fake model that sleeps, with ``--max-concurrency`` model calls at once when
+the runtime supports it). With the same ``--data-dir``, a second run resumes from the checkpoint
+the first one left.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import os
 import sys
 import tempfile
@@ -21,6 +26,7 @@ from typing import Any, Deque, Dict, List, Mapping, Optional, TextIO, Tuple
 from .._config import Config
 from .._logging import configure_logging
 from .._runtime import Runtime
+from ..examples.conversation_summarizer import ConversationSummarizer, FakeModel
 from ..examples.turn_counter import TurnCounter
 from ..testing.server import LocalMemoryService
 from .errors import EXIT_OK
@@ -31,8 +37,14 @@ from .telemetry import start_metrics
 
 __all__ = ["Progress", "add_parser", "cmd_demo", "run_demo"]
 
-#: How the demo names its processor in what it prints.
-_PROCESSOR_NAME = "turn_counter.py:TurnCounter"
+#: The demo's processors: ``--processor`` value -> (how the demo names it, default client id).
+_PROCESSORS = {
+    "turn-counter": ("turn_counter.py:TurnCounter", "demo-turn-counter"),
+    "summarizer": ("conversation_summarizer.py:ConversationSummarizer", "demo-summarizer"),
+}
+
+#: The runtime has keyed concurrency (``Config.max_concurrency``).
+_CONCURRENT = "max_concurrency" in {f.name for f in dataclasses.fields(Config)}
 
 
 def add_parser(commands: Any) -> None:
@@ -41,9 +53,13 @@ def add_parser(commands: Any) -> None:
         "demo",
         help="run an example processor end to end against an embedded Memory Service",
         description="Start an embedded LocalMemoryService, publish a realistic stream of "
-        "conversations, then run examples/turn_counter.py against it: replay, then a live "
-        "trickle, then a summary. Run again with the same --data-dir to resume.",
+        "conversations, then run examples/turn_counter.py (or, with --processor summarizer, "
+        "examples/conversation_summarizer.py) against it: replay, then a live trickle, then a "
+        "summary. Run again with the same --data-dir to resume.",
     )
+    demo.add_argument("--processor", choices=tuple(_PROCESSORS), default="turn-counter",
+                      help="turn-counter (turn counts per conversation, the default) or summarizer "
+                      "(a rolling summary per conversation from a slow fake model)")
     demo.add_argument("--data-dir", metavar="DIR", help="keep the service's outbox and checkpoints here "
                       "(default: a temporary directory, removed at exit)")
     demo.add_argument("--events", type=int_at_least("--events", 1), default=10_000, metavar="N",
@@ -52,8 +68,13 @@ def add_parser(commands: Any) -> None:
                       help="how long the processor runs, replay and live trickle together (default 10s)")
     demo.add_argument("--live-rate", type=int_at_least("--live-rate", 0), default=40, metavar="N",
                       help="events per second published during the live phase (default 40)")
-    demo.add_argument("--client-id", default="demo-turn-counter", metavar="ID",
-                      help="the demo processor's client id (default demo-turn-counter)")
+    demo.add_argument("--client-id", default=None, metavar="ID",
+                      help="the demo processor's client id (default demo-turn-counter or demo-summarizer)")
+    demo.add_argument("--max-concurrency", type=int_at_least("--max-concurrency", 1), default=64, metavar="N",
+                      help="summarizer: events handled at once, one per conversation at a time (default 64; "
+                      "1 on a runtime without keyed concurrency)")
+    demo.add_argument("--model-delay", type=duration_argument("--model-delay"), default=0.05, metavar="DURATION",
+                      help="summarizer: how long each fake model call takes (default 50ms)")
     demo.add_argument("--top", type=int_at_least("--top", 1), default=5, metavar="N",
                       help="busiest conversations to list (default 5)")
     demo.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
@@ -144,15 +165,24 @@ def run_demo(
     events: int = 10_000,
     duration: float = 10.0,
     live_rate: int = 40,
-    client_id: str = "demo-turn-counter",
+    client_id: Optional[str] = None,
     top: int = 5,
     progress: str = "auto",
     out: Optional[TextIO] = None,
     metrics_port: Optional[int] = None,
     metrics_addr: str = "0.0.0.0",
+    processor: str = "turn-counter",
+    max_concurrency: int = 64,
+    model_delay: float = 0.05,
 ) -> Dict[str, Any]:
     """Runs the demo; returns a summary dict (``handled``, ``resumed_from``, ``checkpoint``,
-    ``busiest``, ...). ``out`` receives the display (default ``sys.stdout``)."""
+    ``busiest`` for the turn counter, ``summaries`` for the summarizer, ...). ``processor``:
+    ``"turn-counter"`` or ``"summarizer"`` (which runs ``max_concurrency`` events at once when
+    the runtime supports it, its fake model taking ``model_delay`` seconds a call). ``out``
+    receives the display (default ``sys.stdout``)."""
+    if processor not in _PROCESSORS:
+        raise ValueError(f"processor must be one of {', '.join(_PROCESSORS)}, not {processor!r}")
+    client_id = client_id or _PROCESSORS[processor][1]
     out = out or sys.stdout
     temporary_dir = None
     if data_dir is None:
@@ -169,6 +199,7 @@ def run_demo(
                 server, endpoint, directory, temporary_dir is not None, out,
                 events=events, duration=duration, live_rate=live_rate, client_id=client_id, top=top,
                 progress=progress, metrics_port=metrics_port, metrics_addr=metrics_addr,
+                which=processor, max_concurrency=max_concurrency, model_delay=model_delay,
             )
         finally:
             server.stop_sync()
@@ -192,7 +223,13 @@ def _demo_with_server(
     progress: str,
     metrics_port: Optional[int],
     metrics_addr: str,
+    which: str = "turn-counter",
+    max_concurrency: int = 64,
+    model_delay: float = 0.05,
 ) -> Dict[str, Any]:
+    summarizer = which == "summarizer"
+    processor_name = _PROCESSORS[which][0]
+
     def say(text: str = "") -> None:
         out.write(text + "\n")
         out.flush()
@@ -220,25 +257,35 @@ def _demo_with_server(
     if existing is not None and isinstance(existing.value, dict) and existing.value.get("lastEventCursor"):
         resumed_from = str(existing.value["lastEventCursor"])
         conversations = existing.value.get("conversations") or {}
-        counted = existing.value.get("eventsSeen", 0)
-        say(f"  resuming {client_id} from its checkpoint at cursor {resumed_from} "
-            f"({counted:,} events already counted over {len(conversations)} conversations)")
+        if summarizer:
+            pending = sum(len(c.get("pending") or ()) for c in conversations.values() if isinstance(c, dict))
+            what_is_saved = f"{len(conversations)} conversations summarized, {pending:,} entries pending"
+        else:
+            what_is_saved = (f"{existing.value.get('eventsSeen', 0):,} events already counted "
+                             f"over {len(conversations)} conversations")
+        say(f"  resuming {client_id} from its checkpoint at cursor {resumed_from} ({what_is_saved})")
         start_position = _decimal(resumed_from) or 0
     else:
         say(f"  no checkpoint for {client_id} yet: processing from the start of the stream")
     last = _decimal(cursors[-1]) if cursors else _decimal(str(next_cursor - 1))
     backlog = (last - start_position) if last is not None and _decimal(resumed_from) is not None else None
-    say(f"  processor: {_PROCESSOR_NAME} (client id {client_id}); "
+    say(f"  processor: {processor_name} (client id {client_id}); "
         f"then a live trickle of {live_rate} events/s, {duration:g}s in all")
+    options: Dict[str, Any] = {"client_id": client_id, "after_cursor": "start", "checkpoint_interval": 1.0}
+    processor: Any
+    if summarizer:
+        concurrency = max_concurrency if _CONCURRENT else 1
+        if _CONCURRENT:
+            options["max_concurrency"] = concurrency
+        model = FakeModel(delay=model_delay)
+        processor = ConversationSummarizer(model, quiet_period=2.0, max_batch=8)
+        say(f"  fake model calls take {model_delay * 1000:g} ms; {concurrency} event(s) handled at once"
+            + ("" if _CONCURRENT else " (this runtime has no max_concurrency)"))
+    else:
+        options["entry_channels"] = ("history", "memory")
+        processor = TurnCounter()
     say()
-
-    processor = TurnCounter()
-    config = Config(
-        client_id=client_id,
-        after_cursor="start",
-        entry_channels=("history", "memory"),
-        checkpoint_interval=1.0,
-    )
+    config = Config(**options)
     runtime = Runtime(processor, config, endpoint=endpoint)
     metrics = start_metrics({"metrics_port": metrics_port, "metrics_addr": metrics_addr}, runtime)
     display = Progress(out, progress, backlog)
@@ -310,14 +357,60 @@ def _demo_with_server(
         ("this run", f"{handled:,} events handled in {run_seconds:.1f}s{replay_rate}"),
         ("checkpoints", f"{int(stats.get('checkpoints_written', 0)):,} written; the last one is at cursor {saved_cursor}"),
         ("resumed", f"from cursor {resumed_from}" if resumed_from else "no (first run)"),
-        ("all runs", f"{len(processor.conversations)} conversations, {processor.total_turns:,} turns "
-                     f"({sum(s.user_turns for s in processor.conversations.values()):,} by users, "
-                     f"{sum(s.assistant_turns for s in processor.conversations.values()):,} by the assistant), "
-                     f"{sum(s.notes for s in processor.conversations.values()):,} agent notes"),
     ]
+    if summarizer:
+        rows.append(("all runs", _summarizer_totals(processor, model)))
+    else:
+        rows.append(("all runs", f"{len(processor.conversations)} conversations, {processor.total_turns:,} turns "
+                                 f"({sum(s.user_turns for s in processor.conversations.values()):,} by users, "
+                                 f"{sum(s.assistant_turns for s in processor.conversations.values()):,} by the assistant), "
+                                 f"{sum(s.notes for s in processor.conversations.values()):,} agent notes"))
     for label, text in rows:
         say(f"  {label:<12} {text}")
     say()
+    result: Dict[str, Any] = {
+        "handled": handled,
+        "resumed_from": resumed_from,
+        "checkpoint": saved_cursor,
+        "last_cursor": stats.get("last_cursor"),
+        "checkpoints_written": int(stats.get("checkpoints_written", 0)),
+        "interrupted": bool(interrupted),
+    }
+    if summarizer:
+        result["summaries"] = _print_summaries(say, processor, top)
+    else:
+        result["busiest"] = _print_busiest(say, processor, top)
+    say()
+    if temporary:
+        say("Pass --data-dir DIR to keep the service's data: a second run then resumes from this checkpoint.")
+    else:
+        say(f"Run it again with --data-dir {directory}: it resumes from cursor {saved_cursor}.")
+    return result
+
+
+def _summarizer_totals(processor: ConversationSummarizer, model: FakeModel) -> str:
+    """The summarizer's "all runs" line."""
+    conversations = processor.conversations.values()
+    summarized = sum(c.entries for c in conversations)
+    return (f"{len(processor.conversations)} conversations, {summarized:,} entries summarized in "
+            f"{sum(c.calls for c in conversations):,} model calls ({model.calls:,} this run), "
+            f"{processor.pending_total:,} pending")
+
+
+def _print_summaries(say: Any, processor: ConversationSummarizer, top: int) -> List[Tuple[str, int, str]]:
+    """The largest conversations and their summaries; returns ``(conversation, entries, summary)``."""
+    say("Largest conversations and their rolling summaries")
+    shown = []
+    for rank, cid in enumerate(processor.largest(top), 1):
+        c = processor.conversations[cid]
+        say(f"  {rank:>2}  {cid[:8]}…  {c.entries:,} entries summarized, {len(c.pending)} pending")
+        say(f"      {c.summary or '(no summary yet)'}")
+        shown.append((cid, c.entries, c.summary))
+    return shown
+
+
+def _print_busiest(say: Any, processor: TurnCounter, top: int) -> List[Tuple[str, str, int]]:
+    """The turn counter's table of the busiest conversations; returns ``(conversation, title, turns)``."""
     busiest = processor.busiest(top)
     say("Busiest conversations")
     header = (f"  {'#':>2}  {'conversation':<12} {'title':<44} {'turns':>6} {'user':>6} {'assistant':>9} "
@@ -330,20 +423,7 @@ def _demo_with_server(
             title = title[:43] + "…"
         say(f"  {rank:>2}  {summary.conversation[:8] + '…':<12} {title:<44} {summary.turns:>6,} {summary.user_turns:>6,} {summary.assistant_turns:>9,} "
             f"{summary.notes:>6,} {processor.member_count(summary):>7}")
-    say()
-    if temporary:
-        say("Pass --data-dir DIR to keep the service's data: a second run then resumes from this checkpoint.")
-    else:
-        say(f"Run it again with --data-dir {directory}: it resumes from cursor {saved_cursor}.")
-    return {
-        "handled": handled,
-        "resumed_from": resumed_from,
-        "checkpoint": saved_cursor,
-        "last_cursor": stats.get("last_cursor"),
-        "checkpoints_written": int(stats.get("checkpoints_written", 0)),
-        "busiest": [(c.conversation, c.title, c.turns) for c in busiest],
-        "interrupted": bool(interrupted),
-    }
+    return [(c.conversation, c.title, c.turns) for c in busiest]
 
 
 def cmd_demo(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None) -> int:
@@ -363,5 +443,8 @@ def cmd_demo(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = No
         progress=args.progress,
         metrics_port=values.get("metrics_port"),
         metrics_addr=values.get("metrics_addr") or "0.0.0.0",
+        processor=args.processor,
+        max_concurrency=args.max_concurrency,
+        model_delay=args.model_delay,
     )
     return EXIT_OK

@@ -1,0 +1,1 @@
+../../../examples/conversation_summarizer.py
