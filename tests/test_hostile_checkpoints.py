@@ -435,3 +435,19 @@ def test_detect_other_writers_is_a_bool_setting():
     assert Config(client_id="x", detect_other_writers=False).detect_other_writers is False
     with pytest.raises(TypeError, match="detect_other_writers"):
         Config(client_id="x", detect_other_writers="no")  # type: ignore[arg-type]
+
+
+def test_detect_other_writers_on_the_command_line_and_in_the_environment():
+    from memory_service_processor._cli import build_parser
+    from memory_service_processor._cli.errors import UsageError
+    from memory_service_processor._cli.options import resolve_options
+
+    def resolve(argv: Any, env: Dict[str, str]) -> Any:
+        return resolve_options(build_parser().parse_args(["run", "x:Y", *argv]), env)["detect_other_writers"]
+
+    assert resolve([], {}) is True
+    assert resolve([], {"MEMORY_SERVICE_PROCESS_DETECT_OTHER_WRITERS": "false"}) is False
+    assert resolve(["--detect-other-writers", "OFF"], {}) is False
+    assert resolve(["--detect-other-writers", "yes"], {"MEMORY_SERVICE_PROCESS_DETECT_OTHER_WRITERS": "0"}) is True
+    with pytest.raises(UsageError, match="MEMORY_SERVICE_PROCESS_DETECT_OTHER_WRITERS: must be true or false"):
+        resolve([], {"MEMORY_SERVICE_PROCESS_DETECT_OTHER_WRITERS": "maybe"})
