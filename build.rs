@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .bytes(".memory.v1.EventNotification.data")
+        // JSON straight to and from the wire, with a deeper (still bounded) nesting limit than
+        // prost's generic decoder: see src/jsonvalue.rs.
+        .extern_path(".google.protobuf.Value", "crate::jsonvalue::WireValue")
         .file_descriptor_set_path(out.join("memory_v1_descriptor.bin"))
         .compile_fds(fds)?;
     Ok(())

@@ -179,6 +179,9 @@ impl Driver {
                         return Ok(Some(cp));
                     }
                     Err(Error::CheckpointNotFound(_)) => return Ok(None),
+                    Err(e) if crate::jsonvalue::is_decode_failure(&e.to_string()) => {
+                        return Err(crate::checkpoint_writer::undecodable(&cfg.client_id, &e))
+                    }
                     Err(e) if e.is_transient() => {
                         let delay = backoff.next_delay();
                         warn!(
@@ -231,6 +234,7 @@ impl Driver {
                 self.cfg.after_cursor.clone()
             }
         };
+        self.writer.expect(loaded.map(|cp| &cp.value));
         self.phase = Phase::Running;
         self.next_flush = Instant::now() + self.cfg.checkpoint_interval;
         let fut = crate::stream_loop::run(
@@ -252,6 +256,7 @@ impl Driver {
 
     fn begin_stop(&mut self, now: Instant) {
         self.producer_cancel.cancel();
+        self.writer.verify_before_next_write();
         self.stop_deadline = Some(now + self.cfg.stop_timeout);
         self.phase = Phase::FinalFlush;
     }
@@ -388,8 +393,13 @@ impl Driver {
             Stats::add(&self.stats.checkpoints_skipped, 1);
             return Ok(());
         }
-        let value: serde_json::Value = serde_json::from_str(&json)
-            .map_err(|e| Error::Invalid(format!("snapshot is not valid JSON: {e}")))?;
+        let value = crate::jsonvalue::snapshot_value(
+            &json,
+            &self.cfg.client_id,
+            &self.content_type,
+            self.checkpoints.max_message_size(),
+        )
+        .map_err(Error::Invalid)?;
         self.writer.submit(value);
         self.last_saved = Some(json);
         Ok(())

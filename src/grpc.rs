@@ -382,6 +382,10 @@ impl CheckpointClient for GrpcCheckpointClient {
             .map(|r| from_proto_checkpoint(r.into_inner()))
             .map_err(|s| Error::from_status("PutCheckpoint", &s))
     }
+
+    fn max_message_size(&self) -> Option<usize> {
+        Some(self.conn.max_message_size)
+    }
 }
 
 #[cfg(test)]

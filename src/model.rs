@@ -133,6 +133,8 @@ pub struct LoopConfig {
     pub max_batch: usize,
     /// Budget for the final flush + checkpoint write on stop.
     pub stop_timeout: Duration,
+    /// Read the stored checkpoint back now and then, and stop if another instance wrote it.
+    pub detect_other_writers: bool,
 }
 
 impl Default for LoopConfig {
@@ -155,6 +157,7 @@ impl Default for LoopConfig {
             buffer_size: 4096,
             max_batch: 512,
             stop_timeout: Duration::from_secs(5),
+            detect_other_writers: true,
         }
     }
 }
@@ -226,6 +229,11 @@ pub trait CheckpointClient: Send + Sync {
         content_type: &str,
         value: &serde_json::Value,
     ) -> Result<Checkpoint>;
+    /// The largest message (bytes) this client reads back, when it has such a limit: a snapshot
+    /// whose checkpoint message would exceed it is refused before it is sent.
+    fn max_message_size(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The position a stored checkpoint resumes after: its `lastEventCursor`, when it is a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os as _os
 
 # First: check that the native module comes from the same build as these files (a clear
 # ImportError otherwise), before anything else uses it.
@@ -73,3 +74,9 @@ from . import _native as _native_module  # noqa: E402
 # then switch the log bridge off.
 atexit.register(_native_module.shutdown_logging)
 atexit.register(_native_module.quiesce)
+
+# A child forked after the native runtime started cannot use it (its threads stay in the
+# parent): every native entry point raises a RuntimeError saying so (docs/semantics.md,
+# section 15), and the child's exit must not wait for the parent's futures.
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_native_module.after_fork_in_child)

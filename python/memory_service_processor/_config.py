@@ -18,6 +18,7 @@ from ._settings import (
     Check,
     Duration,
     Setting,
+    check_bool,
     check_client_id,
     check_count,
     check_duration,
@@ -198,6 +199,16 @@ class Config:
         default=5.0, metadata=_declare(
             "duration", "budget for the final flush and checkpoint on stop", check_duration,
             metavar="DURATION",
+        ),
+    )
+
+    detect_other_writers: bool = dataclasses.field(
+        default=True, metadata=_declare(
+            "bool",
+            "read the stored checkpoint back now and then (at most once per `checkpoint_interval`, "
+            "and before the final write) and stop with an error if another instance wrote it: "
+            "two processors with one `client_id` would overwrite each other's position",
+            check_bool, metavar="{true,false}",
         ),
     )
 

@@ -32,6 +32,22 @@ def _encode_snapshot(processor: Any, value: Any) -> str:
         ) from e
 
 
+def _submit_snapshot(driver: "_native.Driver", processor: Any, text: str) -> None:
+    """Hands the snapshot's JSON text to the driver. A value no checkpoint can hold (nested too
+    deep, a number beyond a 64-bit float, over ``max_message_size``, a string that is not valid
+    Unicode) raises ``ValueError`` naming the processor and the limit (docs/semantics.md,
+    section 7)."""
+    try:
+        driver.submit_snapshot(text)
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{type(processor).__name__}.snapshot() returned a string that is not valid Unicode "
+            f"({e.reason} in the JSON text at position {e.start}): checkpoints are UTF-8"
+        ) from None
+    except ValueError as e:
+        raise ValueError(f"{type(processor).__name__}.snapshot() returned a value no checkpoint can hold: {e}") from None
+
+
 class _Waker:
     """Waits for the core's wake-up byte on a socket, or a timeout."""
 
@@ -308,7 +324,7 @@ class Runtime:
                     except asyncio.CancelledError:
                         self._cancelled(driver)
                 elif action is SNAPSHOT:
-                    driver.submit_snapshot(_encode_snapshot(processor, snapshot()))
+                    _submit_snapshot(driver, processor, _encode_snapshot(processor, snapshot()))
                 elif action is FLUSH:
                     if flush is not None:
                         r = flush()

@@ -39,7 +39,10 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 #: The kinds of setting. The kind says how the command line parses the text of a flag or an
 #: environment variable, and how the documentation shows the default.
-KINDS = ("str", "secret", "list", "duration", "int", "choice")
+KINDS = ("str", "secret", "list", "duration", "int", "choice", "bool")
+
+#: How the command line and the environment write a ``bool`` setting (case-insensitive).
+BOOL_TEXTS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "on": True, "off": False}
 
 #: ``check(name, value)``: the normalized value, or ConfigurationError / TypeError naming ``name``.
 Check = Callable[[str, Any], Any]
@@ -175,6 +178,8 @@ class Setting:
             return self.default_doc.replace("`", "")
         if self.default is None or self.default == ():
             return "(none)"
+        if self.kind == "bool":
+            return str(self.default).lower()
         if self.kind == "duration":
             return duration_text(self.default)
         return str(self.default)
@@ -188,6 +193,8 @@ class Setting:
             return self.default_doc
         if self.kind == "choice" and self.default is not None:
             return f"`{self.default}`"
+        if self.kind == "bool" and self.default is not None:
+            return f"`{str(self.default).lower()}`"
         return self.default_text
 
     @property
@@ -371,6 +378,14 @@ def check_readable_file(name: str, value: Any) -> Optional[str]:
     if not os.path.isfile(path):
         raise ConfigurationError(f"{name} {path!r} is not a readable file")
     return path
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A ``bool`` (``True`` / ``False`` only: ``0``, ``1`` or text are refused, so a typo cannot
+    switch a safety check off)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {type(value).__name__}")
+    return value
 
 
 def check_one_of(*choices: str) -> Check:

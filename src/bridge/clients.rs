@@ -30,7 +30,7 @@ impl NativeConnection {
     fn new(options: ConnectionConfig) -> PyResult<Self> {
         let endpoint = options.endpoint().to_string();
         let opts = options.into_connect_options()?;
-        let _guard = runtime().enter();
+        let _guard = runtime()?.enter();
         let conn = Connection::new(&opts).map_err(to_py_err)?;
         Ok(NativeConnection { conn, endpoint })
     }
@@ -180,13 +180,15 @@ impl NativeEventStream {
     }
 
     /// Closes the subscription.
-    fn close(&self, py: Python<'_>) {
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
         let inner = self.inner.clone();
+        let rt = runtime()?;
         py.detach(|| {
-            runtime().block_on(async move {
+            rt.block_on(async move {
                 inner.lock().await.take();
             })
         });
+        Ok(())
     }
 }
 

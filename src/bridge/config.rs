@@ -88,6 +88,8 @@ pub struct DriverConfig {
     max_batch: usize,
     #[pyo3(attribute)]
     stop_timeout: f64,
+    #[pyo3(attribute)]
+    detect_other_writers: bool,
 }
 
 impl DriverConfig {
@@ -111,6 +113,7 @@ impl DriverConfig {
             buffer_size: self.buffer_size,
             max_batch: self.max_batch,
             stop_timeout: secs(self.stop_timeout, "stop_timeout")?,
+            detect_other_writers: self.detect_other_writers,
         })
     }
 }

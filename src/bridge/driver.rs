@@ -105,7 +105,7 @@ impl Driver {
             events,
             checkpoints,
             content_type,
-            runtime().handle().clone(),
+            runtime()?.handle().clone(),
         )
         .map_err(|e| to_py_err_in(py, e))?;
         inner

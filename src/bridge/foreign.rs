@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError};
+use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_async_runtimes::TaskLocals;
@@ -17,6 +17,7 @@ use pyo3_async_runtimes::TaskLocals;
 use super::envelope::EventEnvelope;
 use super::errors::is_instance_of;
 use crate::error::{Error, Result};
+use crate::jsonvalue::{depth, MAX_DEPTH};
 use crate::model::{
     Checkpoint, CheckpointClient, Event, EventClient, EventStream, Scope, SubscribeRequest,
 };
@@ -190,8 +191,27 @@ struct PyCheckpointClient {
 fn checkpoint_from(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Checkpoint> {
     let dumps = py.import("json")?.getattr("dumps")?;
     let value_text: String = dumps.call1((obj.getattr("value")?,))?.extract()?;
-    let value = serde_json::from_str(&value_text)
-        .map_err(|e| PyTypeError::new_err(format!("checkpoint value is not JSON: {e}")))?;
+    // The same limit as a checkpoint read over gRPC (src/jsonvalue.rs).
+    let too_deep = || {
+        let id: String = obj
+            .getattr("client_id")
+            .and_then(|c| c.extract())
+            .unwrap_or_default();
+        PyValueError::new_err(format!(
+            "the stored checkpoint of client id {id:?} nests objects/arrays more than {MAX_DEPTH} \
+             levels deep; a checkpoint value supports at most {MAX_DEPTH}"
+        ))
+    };
+    let value: serde_json::Value = serde_json::from_str(&value_text).map_err(|e| {
+        if e.to_string().contains("recursion limit exceeded") {
+            too_deep()
+        } else {
+            PyTypeError::new_err(format!("checkpoint value is not JSON: {e}"))
+        }
+    })?;
+    if depth(&value) > MAX_DEPTH {
+        return Err(too_deep());
+    }
     let updated = obj.getattr("updated_at")?;
     let updated_at = if updated.is_none() {
         None

@@ -51,6 +51,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logging::reset_log_cache, m)?)?;
     m.add_function(wrap_pyfunction!(logging::shutdown_logging, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::quiesce, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::after_fork_in_child, m)?)?;
     m.add(
         "DEFAULT_MAX_MESSAGE_SIZE",
         crate::grpc::DEFAULT_MAX_MESSAGE_SIZE,

@@ -2,15 +2,57 @@
 //! core's threads. Python counterpart: `_runtime.py` (which awaits these futures) and the
 //! `atexit` hook in `__init__.py` that calls [`quiesce`].
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
-/// The core's multi-threaded tokio runtime (created by [`init`]).
-pub fn runtime() -> &'static tokio::runtime::Runtime {
-    pyo3_async_runtimes::tokio::get_runtime()
+/// The process in which the runtime's threads were started (0: not started yet).
+static STARTED_IN: AtomicU32 = AtomicU32::new(0);
+
+/// The core's multi-threaded tokio runtime (built on first use, see [`init`]); an error in a
+/// process forked from one where it had started (see [`check_fork`]).
+pub fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    check_fork()?;
+    Ok(pyo3_async_runtimes::tokio::get_runtime())
+}
+
+/// `fork()` copies only the calling thread: in a child forked after the runtime started, its
+/// worker threads, timers and connections do not exist, and every native future would wait
+/// forever. The runtime cannot be rebuilt there (the clients, servers and drivers created
+/// before the fork point into the parent's), so each native entry point raises this error
+/// instead, on first use. Records the current process as the runtime's on the first call
+/// (docs/semantics.md, section 15).
+pub fn check_fork() -> PyResult<()> {
+    let me = std::process::id();
+    match STARTED_IN.compare_exchange(0, me, SeqCst, SeqCst) {
+        Ok(_) => Ok(()),
+        Err(owner) if owner == me => Ok(()),
+        Err(owner) => Err(PyRuntimeError::new_err(format!(
+            "memory_service_processor cannot run in this process (pid {me}): it was forked from \
+             process {owner} after the native runtime had started there, and a forked child does \
+             not inherit its threads. Start worker processes with the 'spawn' or 'forkserver' \
+             method (multiprocessing.get_context(\"spawn\")), or fork before the first Runtime, \
+             client or LocalMemoryService is used"
+        ))),
+    }
+}
+
+/// True in a process forked from the one where the runtime started.
+fn forked() -> bool {
+    let owner = STARTED_IN.load(SeqCst);
+    owner != 0 && owner != std::process::id()
+}
+
+/// `os.register_at_fork(after_in_child=...)`: the futures the parent had in flight will never
+/// resolve here, so [`quiesce`] must not wait for them.
+#[pyfunction]
+pub fn after_fork_in_child() {
+    if forked() {
+        INFLIGHT.store(0, SeqCst);
+    }
 }
 
 /// Builds the runtime: `MEMORY_SERVICE_PROCESSOR_THREADS` worker threads (default 2), named
@@ -47,6 +89,7 @@ where
     F: std::future::Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
+    check_fork()?;
     INFLIGHT.fetch_add(1, SeqCst);
     struct Done;
     impl Drop for Done {
@@ -67,6 +110,10 @@ where
 #[pyfunction]
 #[pyo3(signature = (timeout=1.0))]
 pub fn quiesce(py: Python<'_>, timeout: f64) {
+    if forked() {
+        // Nothing of ours runs in a forked child (and a lock held at the fork stays held).
+        return;
+    }
     let deadline = Instant::now() + Duration::from_secs_f64(timeout.clamp(0.0, 60.0));
     py.detach(|| loop {
         let pending = INFLIGHT.load(SeqCst);

@@ -153,14 +153,17 @@ impl NativeServer {
     /// Binds and serves; returns the endpoint. Blocks briefly (GIL released).
     fn start(&self, py: Python<'_>) -> PyResult<String> {
         let inner = self.inner.clone();
-        py.detach(|| runtime().block_on(inner.start()))
+        let rt = runtime()?;
+        py.detach(|| rt.block_on(inner.start()))
             .map_err(|e| to_py_err_in(py, e))
     }
 
     /// Stops serving (open streams get UNAVAILABLE); keeps the outbox and checkpoints.
-    fn stop(&self, py: Python<'_>) {
+    fn stop(&self, py: Python<'_>) -> PyResult<()> {
         let inner = self.inner.clone();
-        py.detach(|| runtime().block_on(inner.stop()));
+        let rt = runtime()?;
+        py.detach(|| rt.block_on(inner.stop()));
+        Ok(())
     }
 
     #[getter]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Seque
 
 from .._config import CONFIG_SETTINGS, Config
 from .._connection import CONNECTION_SETTINGS
-from .._settings import PORT_MAX, Setting, parse_duration, shown_value
+from .._settings import BOOL_TEXTS, PORT_MAX, Setting, parse_duration, shown_value
 from .errors import UsageError
 
 __all__ = [
@@ -192,6 +192,10 @@ def _parse(o: Setting, raw: Any) -> Any:
                 limit = f"at least {int(bounds[0])}" if text.startswith("-") else f"at most {int(bounds[1])}"
                 raise ValueError(f"{o.name} must be {limit}, got a number of {len(text)} digits") from None
             raise ValueError(f"must be a whole number, got {shown_value(text)}") from None
+    if o.kind == "bool":
+        if text.lower() not in BOOL_TEXTS:
+            raise ValueError(f"must be true or false, got {shown_value(text)}")
+        return BOOL_TEXTS[text.lower()]
     if o.kind == "choice":
         choice = text.lower()
         if choice not in o.choices:
