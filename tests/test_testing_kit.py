@@ -405,8 +405,12 @@ def test_in_memory_client_stale_cursor_and_faults():
         source.break_streams()  # a clean end for every open stream
         with pytest.raises(StopAsyncIteration):
             await live.recv()
-        with pytest.raises(ValueError, match="malformed"):
-            await source.subscribe(SubscribeRequest(after_cursor="abc"))
+        # a cursor that is not decimal is stale, as upstream treats it
+        stale = await source.subscribe(SubscribeRequest(after_cursor="abc"))
+        assert (await stale.recv()).data == {"phase": "replay"}
+        assert (await stale.recv()).data == {"reason": "cursor beyond retention window"}
+        with pytest.raises(StopAsyncIteration):
+            await stale.recv()
 
     run(main())
 
