@@ -15,7 +15,10 @@ What it shows:
   ``handle`` calls ``super().handle(event)``);
 * after a crash the events since the last checkpoint are delivered again (at-least-once), so a
   counter kept only in the checkpoint never double counts: state and position are saved
-  together, in one write.
+  together, in one write;
+* :mod:`memory_service_processor.payload` reads the role whatever the payload shape: the
+  runtime asks for full payloads (the stored entry, ``content: [{"role": "USER", ...}]``),
+  a summary subscription gets ``entry_role``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict
 
-from memory_service_processor import EventEnvelope, EventProcessor
+from memory_service_processor import EventEnvelope, EventProcessor, payload
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ class EntryCounter(EventProcessor):
         """Counts the event if it is an entry; always records its cursor."""
         if event.kind == "entry":
             self.count += 1
-            role = (event.data.get("entry_role") or "unknown") if isinstance(event.data, dict) else "unknown"
+            role = payload.role(event) or "unknown"  # the first content item's role
             self.by_role[role] = self.by_role.get(role, 0) + 1
         super().handle(event)  # self.last_event_cursor = event.cursor
 

@@ -32,7 +32,7 @@ import os
 import sqlite3
 from typing import Any, Dict, List, Optional, Tuple
 
-from memory_service_processor import EventEnvelope, EventProcessor
+from memory_service_processor import EventEnvelope, EventProcessor, payload
 
 log = logging.getLogger(__name__)
 
@@ -93,21 +93,22 @@ class SqliteProjection(EventProcessor):
     def handle(self, event: EventEnvelope) -> None:
         """Adds the entry's row (once per cursor) inside the open transaction."""
         if event.kind == "entry" and event.cursor is not None:
-            data = event.data if isinstance(event.data, dict) else {}
-            conversation = data.get("conversation")
+            # payload.* read both shapes: the full entry the runtime asks for, or a summary
+            conversation = payload.conversation_id(event)
             if conversation:
-                role = data.get("entry_role")
+                role = payload.role(event)
+                data = event.data if isinstance(event.data, dict) else {}
                 inserted = self.db.execute(
                     "INSERT OR IGNORE INTO entries (cursor, conversation, entry, role, channel, text, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         event.cursor,
                         conversation,
-                        data.get("entry"),
+                        payload.entry_id(event),
                         role,
-                        data.get("entry_channel"),
-                        _first_text(data),
-                        data.get("created_at"),
+                        payload.channel(event),
+                        payload.text(event),  # full payloads only
+                        data.get("createdAt"),  # full payloads only
                     ),
                 ).rowcount
                 if inserted == 1:  # a duplicate delivery inserts nothing and counts nothing
@@ -149,14 +150,3 @@ class SqliteProjection(EventProcessor):
     def close(self) -> None:
         """Closes the database; uncommitted rows are rolled back (as in a crash)."""
         self.db.close()
-
-
-def _first_text(data: Dict[str, Any]) -> Optional[str]:
-    """The first text part of an entry's content (present with ``detail=full``)."""
-    content = data.get("content")
-    if isinstance(content, list):
-        for part in content:
-            text = part.get("text") if isinstance(part, dict) else None
-            if isinstance(text, str):
-                return text
-    return None

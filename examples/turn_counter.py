@@ -5,15 +5,18 @@ one::
 
     memory-service-processor run examples/turn_counter.py:TurnCounter \\
         --endpoint localhost:8082 --client-id turn-counter --after-cursor start \\
-        --entry-channels history,memory
+        --entry-channels history,context
 
-It follows four kinds of events:
+It follows four kinds of events, reading them with :mod:`memory_service_processor.payload` so
+it works on full payloads (what the runtime asks for) and on summary payloads alike:
 
-* ``conversation`` ``created`` / ``updated`` / ``deleted``: the conversation's title and group;
-* ``entry`` ``appended``: a *turn* in the ``history`` channel (counted per role: ``USER`` is
-  the person, anything else the assistant), or an agent *note* in the ``memory`` channel;
-* ``membership`` ``added`` / ``removed``: who shares the conversation group;
-* ``response`` ``completed``: a recorded assistant response.
+* ``conversation`` ``created`` / ``updated`` / ``deleted``: the conversation's group, its
+  title (full payloads only), whether it is archived, and a hard delete;
+* ``entry`` ``created``: a *turn* in the ``history`` channel (counted per role: ``USER`` is
+  the person, anything else the assistant), or an agent *note* in the ``context`` channel;
+* ``membership`` ``created`` / ``updated`` / ``deleted``: whom the conversation group is
+  shared with (the owner is not a membership event);
+* ``response`` ``deleted`` with ``status: "completed"``: a recorded assistant response.
 
 The whole state lives in the checkpoint (a few hundred bytes per conversation), so a restart
 continues from the last checkpoint without counting anything twice.
@@ -23,13 +26,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from memory_service_processor import EventEnvelope, EventProcessor
+from memory_service_processor import EventEnvelope, EventProcessor, payload
 
 
 class ConversationStats:
     """What the counter knows about one conversation."""
 
-    __slots__ = ("conversation", "group", "title", "user_turns", "assistant_turns", "notes", "responses", "deleted")
+    __slots__ = ("conversation", "group", "title", "user_turns", "assistant_turns", "notes", "responses", "archived", "deleted")
 
     def __init__(self, conversation: str) -> None:
         self.conversation = conversation
@@ -39,6 +42,7 @@ class ConversationStats:
         self.assistant_turns = 0
         self.notes = 0
         self.responses = 0
+        self.archived = False
         self.deleted = False
 
     @property
@@ -55,6 +59,7 @@ class ConversationStats:
             "a": self.assistant_turns,
             "n": self.notes,
             "r": self.responses,
+            "x": self.archived,
             "d": self.deleted,
         }
 
@@ -68,6 +73,7 @@ class ConversationStats:
         s.assistant_turns = int(doc.get("a", 0))
         s.notes = int(doc.get("n", 0))
         s.responses = int(doc.get("r", 0))
+        s.archived = bool(doc.get("x", False))
         s.deleted = bool(doc.get("d", False))
         return s
 
@@ -100,13 +106,13 @@ class TurnCounter(EventProcessor):
         data = event.data if event.raw_data else {}
         if isinstance(data, dict):
             if event.kind == "entry":
-                self._entry(data)
+                self._entry(event)
             elif event.kind == "conversation":
-                self._conversation(event.event, data)
+                self._conversation(event.event, event, data)
             elif event.kind == "membership":
-                self._membership(event.event, data)
-            elif event.kind == "response" and event.event == "completed":
-                conversation = data.get("conversation")
+                self._membership(event.event, event, data)
+            elif event.kind == "response" and event.event == "deleted" and data.get("status") == "completed":
+                conversation = payload.conversation_id(event)
                 if conversation:
                     self._get(conversation).responses += 1
         super().handle(event)
@@ -128,7 +134,7 @@ class TurnCounter(EventProcessor):
         return alive[:n]
 
     def member_count(self, stats: ConversationStats) -> int:
-        """How many users share the conversation's group."""
+        """How many users the conversation's group is shared with (besides its owner)."""
         return len(self.members.get(stats.group or "", ()))
 
     @property
@@ -143,39 +149,42 @@ class TurnCounter(EventProcessor):
             s = self.conversations[conversation] = ConversationStats(conversation)
         return s
 
-    def _entry(self, data: Dict[str, Any]) -> None:
-        conversation = data.get("conversation")
+    def _entry(self, event: EventEnvelope) -> None:
+        conversation = payload.conversation_id(event)
         if not conversation:
             return
         s = self._get(conversation)
-        if s.group is None:
-            s.group = data.get("conversation_group")
-        channel = str(data.get("entry_channel") or "history").lower()
+        s.group = s.group or payload.group_id(event)
+        channel = (payload.channel(event) or "history").lower()
         if channel == "history":
-            if str(data.get("entry_role") or "").upper() == "USER":
+            if (payload.role(event) or "").upper() == "USER":
                 s.user_turns += 1
             else:
                 s.assistant_turns += 1
-        elif channel == "memory":
+        elif channel == "context":
             s.notes += 1
 
-    def _conversation(self, action: str, data: Dict[str, Any]) -> None:
-        conversation = data.get("conversation")
+    def _conversation(self, action: str, event: EventEnvelope, data: Dict[str, Any]) -> None:
+        conversation = payload.conversation_id(event)
         if not conversation:
             return
         s = self._get(conversation)
-        s.group = data.get("conversation_group") or s.group
-        if data.get("title"):
-            s.title = str(data["title"])
+        s.group = payload.group_id(event) or s.group
+        if isinstance(data.get("title"), str) and data["title"]:  # full payloads only
+            s.title = data["title"]
+        if "archived" in data:  # summary of an archive / unarchive
+            s.archived = bool(data["archived"])
+        elif "id" in data:  # full payload: the conversation as it is now
+            s.archived = bool(data.get("archivedAt"))
         if action == "deleted":
             s.deleted = True
 
-    def _membership(self, action: str, data: Dict[str, Any]) -> None:
-        group, user = data.get("conversation_group"), data.get("user")
-        if not group or not user:
+    def _membership(self, action: str, event: EventEnvelope, data: Dict[str, Any]) -> None:
+        group, user = payload.group_id(event), data.get("user")
+        if not group or not isinstance(user, str):
             return
         users = self.members.setdefault(group, [])
-        if action == "removed":
+        if action == "deleted":
             if user in users:
                 users.remove(user)
         elif user not in users:

@@ -4,6 +4,7 @@ They run through the testing kit (`run_until_handled`), as a processor author's 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import re
@@ -19,9 +20,9 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from conftest import cfg, run, wait_until
-from memory_service_processor import Config, EventEnvelope
-from memory_service_processor._cli.simulator import ConversationSimulator
+from memory_service_processor import Config, EventEnvelope, GrpcCheckpointClient, GrpcEventClient, SubscribeRequest
 from memory_service_processor.testing import LocalMemoryService, run_until_handled
+from memory_service_processor.testing.events import Activity
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -37,20 +38,53 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
-def run_until(processor: Any, server: LocalMemoryService, config: Config, last_cursor: str) -> None:
+class SummaryEvents:
+    """An event client asking for summary payloads (the runtime asks for ``detail="full"``)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.inner = GrpcEventClient(endpoint)
+
+    async def subscribe(self, request: SubscribeRequest) -> Any:
+        return await self.inner.subscribe(dataclasses.replace(request, detail="summary"))
+
+
+def run_until(processor: Any, server: LocalMemoryService, config: Config, last_cursor: str, mode: str = "full") -> None:
     """Runs ``processor`` with the testing kit until it has handled ``last_cursor``, then stops it
-    gracefully; the stored checkpoint then covers ``last_cursor``."""
-    result = run(run_until_handled(processor, server, config, until_cursor=last_cursor))
+    gracefully; the stored checkpoint then covers ``last_cursor``. ``mode``: the payload shape
+    the processor is sent (``full``, as the runtime asks, or ``summary``)."""
+    clients: Dict[str, Any] = {}
+    if mode == "summary":
+        clients = {"events": SummaryEvents(server.endpoint), "checkpoints": GrpcCheckpointClient(server.endpoint)}
+    result = run(run_until_handled(processor, server, config, until_cursor=last_cursor, **clients))
     assert result.checkpoint is not None and result.checkpoint.value["lastEventCursor"] == last_cursor
 
 
+MODES = pytest.mark.parametrize("mode", ["full", "summary"])
+
+
+def conversations(server: LocalMemoryService, n: int = 3) -> List[str]:
+    """``n`` conversations owned by alice (their ids are UUIDs)."""
+    return [server.create_conversation(owner="alice", title=f"Conversation {i}") for i in range(n)]
+
+
+def turns(server: LocalMemoryService, convs: List[str], n: int, start: int = 0) -> List[str]:
+    """``n`` history entries, USER and AI alternating, over ``convs`` round-robin; returns the
+    cursors."""
+    cursors = []
+    for i in range(start, start + n):
+        role = "USER" if i % 2 == 0 else "AI"
+        server.append_entry(convs[i % len(convs)], [{"role": role, "text": f"message {i}"}])
+        cursors.append(server.last_cursor)
+    return cursors
+
+
 def entries(n: int, start: int = 0, conversations: int = 3) -> List[Tuple[str, str, Dict[str, Any]]]:
+    """Raw ``entry/created`` summary payloads (for tests that build envelopes by hand)."""
     return [
-        ("entry", "appended", {
+        ("entry", "created", {
             "conversation": f"c{(start + i) % conversations}", "conversation_group": "g",
-            "entry": f"e{start + i}", "entry_channel": "history",
+            "entry": f"e{start + i}", "entry_channel": "history", "entry_content_type": "history",
             "entry_role": "USER" if (start + i) % 2 == 0 else "AI",
-            "content": [{"type": "text", "text": f"message {start + i}"}],
         })
         for i in range(n)
     ]
@@ -59,19 +93,21 @@ def entries(n: int, start: int = 0, conversations: int = 3) -> List[Tuple[str, s
 # -- entry_counter ---------------------------------------------------------------------------------
 
 
-def test_entry_counter_counts_and_resumes(server: LocalMemoryService) -> None:
+@MODES
+def test_entry_counter_counts_and_resumes(server: LocalMemoryService, mode: str) -> None:
     EntryCounter = load_example("entry_counter").EntryCounter
-    server.publish("conversation", "created", {"conversation": "c0", "conversation_group": "g"})
-    server.publish_many(entries(10))
-    last = server.publish("membership", "added", {"conversation_group": "g", "user": "u"})
+    convs = conversations(server, 1)
+    turns(server, convs, 10)
+    server.append_entry(convs[0], [{"role": "AI", "text": "a note"}], channel="context")  # not counted
+    last = server.add_member(convs[0], "bob", "reader")
     first = EntryCounter()
-    run_until(first, server, cfg("counter", after_cursor="start"), last)
+    run_until(first, server, cfg("counter", after_cursor="start"), last, mode)
     assert first.count == 10 and first.by_role == {"USER": 5, "AI": 5}
     assert server.checkpoint("counter").value == {"count": 10, "byRole": {"USER": 5, "AI": 5}, "lastEventCursor": last}
 
-    cursors = server.publish_many(entries(4, start=10))
+    cursors = turns(server, convs, 4, start=10)
     second = EntryCounter()
-    run_until(second, server, cfg("counter", after_cursor="start"), cursors[-1])
+    run_until(second, server, cfg("counter", after_cursor="start"), cursors[-1], mode)
     assert second.count == 14 and second.by_role == {"USER": 7, "AI": 7}  # loaded 10, counted 4 more
 
 
@@ -94,26 +130,34 @@ def _db_rows(path: Path) -> Tuple[int, Dict[str, int], int]:
     return rows, stats, distinct
 
 
-def test_sqlite_projection_is_idempotent_across_replays(server: LocalMemoryService, tmp_path: Path) -> None:
+@MODES
+def test_sqlite_projection_is_idempotent_across_replays(server: LocalMemoryService, tmp_path: Path, mode: str) -> None:
     SqliteProjection = load_example("sqlite_projection").SqliteProjection
     db = tmp_path / "projection.sqlite3"
-    cursors = server.publish_many(entries(30))
+    c0, c1, c2 = convs = conversations(server)
+    cursors = turns(server, convs, 30)
 
     first = SqliteProjection(str(db))
-    run_until(first, server, cfg("sqlite", after_cursor="start"), cursors[-1])
+    run_until(first, server, cfg("sqlite", after_cursor="start"), cursors[-1], mode)
     first.close()
-    assert _db_rows(db) == (30, {"c0": 10, "c1": 10, "c2": 10}, 30)
+    assert _db_rows(db) == (30, {c0: 10, c1: 10, c2: 10}, 30)
+    with sqlite3.connect(str(db)) as conn:
+        texts = [t for (t,) in conn.execute("SELECT text FROM entries ORDER BY CAST(cursor AS INTEGER)")]
+        roles = [r for (r,) in conn.execute("SELECT role FROM entries ORDER BY CAST(cursor AS INTEGER)")]
+    # the text is in full payloads only; the role in both shapes
+    assert texts == ([f"message {i}" for i in range(30)] if mode == "full" else [None] * 30)
+    assert roles == ["USER", "AI"] * 15
 
     # A crash after the commit but before the checkpoint: the checkpoint lags the database, and
     # the runtime delivers events 11..30 again. They must change nothing.
     server.put_checkpoint("sqlite", SqliteProjection.CONTENT_TYPE, {"lastEventCursor": cursors[9]})
-    more = server.publish_many(entries(6, start=30))
+    more = turns(server, convs, 6, start=30)
     second = SqliteProjection(str(db))
-    run_until(second, server, cfg("sqlite", after_cursor="start"), more[-1])
+    run_until(second, server, cfg("sqlite", after_cursor="start"), more[-1], mode)
     assert second.inserted == 6  # 20 replayed duplicates ignored
-    assert second.top_conversations(1) == [("c0", 12, 6)]
+    assert second.top_conversations(1) == [(min(convs), 12, 6)]  # a tie: the smallest id first
     second.close()
-    assert _db_rows(db) == (36, {"c0": 12, "c1": 12, "c2": 12}, 36)
+    assert _db_rows(db) == (36, {c0: 12, c1: 12, c2: 12}, 36)
 
 
 def test_sqlite_projection_never_checkpoints_uncommitted_rows(tmp_path: Path) -> None:
@@ -147,7 +191,8 @@ def test_sqlite_projection_never_checkpoints_uncommitted_rows(tmp_path: Path) ->
 def test_sqlite_projection_from_the_command_line(server: LocalMemoryService, tmp_path: Path) -> None:
     """``run examples/sqlite_projection.py:SqliteProjection --arg path=...``, then SIGTERM."""
     db = tmp_path / "cli.sqlite3"
-    cursors = server.publish_many(entries(25))
+    convs = conversations(server)
+    cursors = turns(server, convs, 25)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEMORY_SERVICE_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "memory_service_processor", "run", "examples/sqlite_projection.py:SqliteProjection",
@@ -167,38 +212,55 @@ def test_sqlite_projection_from_the_command_line(server: LocalMemoryService, tmp
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert _db_rows(db) == (25, {"c0": 9, "c1": 8, "c2": 8}, 25)
+    assert _db_rows(db) == (25, {convs[0]: 9, convs[1]: 8, convs[2]: 8}, 25)
 
 
 # -- turn_counter and the demo ---------------------------------------------------------------------
 
 
-def test_turn_counter_matches_the_stream(server: LocalMemoryService) -> None:
+@MODES
+def test_turn_counter_matches_the_activity(server: LocalMemoryService, mode: str) -> None:
     TurnCounter = load_example("turn_counter").TurnCounter
-    sim = ConversationSimulator(conversations=20, seed=5)
-    stream = sim.opening() + sim.events(1500)
-    cursors = server.publish_many(stream)
+    activity = Activity(server, conversations=20, seed=5)
+    cursors = activity.emit(1500)
     counter = TurnCounter()
-    config = cfg("turns", after_cursor="start", entry_channels=["history", "memory"])
-    run_until(counter, server, config, cursors[-1])
+    config = cfg("turns", after_cursor="start", entry_channels=["history", "context"])
+    run_until(counter, server, config, cursors[-1], mode)
 
-    turns: Counter = Counter()
+    turns_: Counter = Counter()
     user: Counter = Counter()
     notes: Counter = Counter()
-    for kind, _, data in stream:
-        if kind == "entry" and data["entry_channel"] == "history":
-            turns[data["conversation"]] += 1
-            user[data["conversation"]] += data["entry_role"] == "USER"
-        elif kind == "entry":
-            notes[data["conversation"]] += 1
-    assert {c: s.turns for c, s in counter.conversations.items() if s.turns} == dict(turns)
+    responses: Counter = Counter()
+    shared: Dict[str, set] = {}
+    archived: Dict[str, bool] = {}
+    for e in activity.emitted:
+        if e.kind == "entry" and e.channel == "history":
+            turns_[e.conversation] += 1
+            user[e.conversation] += e.role == "USER"
+        elif e.kind == "entry":
+            notes[e.conversation] += 1
+        elif e.kind == "response" and e.status == "completed":
+            responses[e.conversation] += 1
+        elif e.kind == "membership":
+            users = shared.setdefault(e.conversation, set())
+            (users.discard if e.event == "deleted" else users.add)(e.user)
+        elif e.status in ("archived", "unarchived"):
+            archived[e.conversation] = e.status == "archived"
+    # the activity is varied enough to test every handler
+    assert notes and responses and shared and archived
+    assert {c: s.turns for c, s in counter.conversations.items() if s.turns} == dict(turns_)
     assert {c: s.user_turns for c, s in counter.conversations.items() if s.user_turns} == {c: n for c, n in user.items() if n}
     assert {c: s.notes for c, s in counter.conversations.items() if s.notes} == dict(notes)
+    assert {c: s.responses for c, s in counter.conversations.items() if s.responses} == dict(responses)
+    assert {c: s.archived for c, s in counter.conversations.items() if c in archived} == archived
+    for c, users in shared.items():
+        assert sorted(counter.members.get(counter.conversations[c].group or "", [])) == sorted(users)
+    assert len(counter.conversations) == 20
     top = counter.busiest(3)
-    assert [s.turns for s in top] == sorted(turns.values(), reverse=True)[:3]
-    assert all(s.title for s in top) and all(counter.member_count(s) >= 1 for s in top)
-    assert counter.events_seen == len(stream)
-
+    assert [s.turns for s in top] == sorted(turns_.values(), reverse=True)[:3]
+    # titles come with full payloads only
+    assert all(bool(s.title) == (mode == "full") for s in top)
+    assert counter.events_seen == len(cursors)  # nothing filtered, nothing hard-deleted
     # The checkpoint holds the whole state: a fresh counter loaded from it is the same.
     restored = TurnCounter()
     restored.load(server.checkpoint("turns").value)

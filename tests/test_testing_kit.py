@@ -42,7 +42,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def entry(conversation: str = "c1", role: str = "USER", **extra: Any) -> tuple:
-    return ("entry", "appended", dict({"conversation": conversation, "entry_role": role}, **extra))
+    """An ``entry/created`` event with a summary payload."""
+    return ("entry", "created", dict({"conversation": conversation, "entry_role": role}, **extra))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,17 +77,18 @@ def test_entry_counter_counts_and_checkpoints():
 def test_turn_counter_with_an_in_memory_source_and_no_server():
     source = InMemoryEventClient(
         [
-            ("conversation", "created", {"conversation": "c1", "conversation_group": "g1", "title": "Trip"}),
-            ("membership", "added", {"conversation_group": "g1", "user": "alice"}),
+            # a full conversation payload (the stored entity), then summary-shaped ones
+            ("conversation", "created", {"id": "c1", "conversationGroupId": "g1", "title": "Trip"}),
+            ("membership", "created", {"conversation_group": "g1", "user": "bob", "role": "reader"}),
             entry("c1", "USER"),
             entry("c1", "AI"),
-            entry("c1", "AI", entry_channel="memory"),
+            entry("c1", "AI", entry_channel="context"),
             entry("c2", "USER"),
-            ("conversation", "deleted", {"conversation": "c2"}),
+            ("conversation", "deleted", {"conversation": "c2", "conversation_group": "g2", "members": []}),
         ]
     )
     # the notes' channel is asked for, as the example's docstring runs it (the default is history)
-    config = cfg("turn-counter", after_cursor="start", entry_channels=["history", "memory"])
+    config = cfg("turn-counter", after_cursor="start", entry_channels=["history", "context"])
     result = run(run_until_handled(TurnCounter(), source, config))
     counter = result.processor
     assert [s.conversation for s in counter.busiest()] == ["c1"]
@@ -346,10 +348,10 @@ def test_in_memory_client_replay_live_and_filters():
         got = [await stream.recv() for _ in range(6)]
         assert [(e.kind, e.event, e.cursor) for e in got] == [
             ("stream", "phase", None),
-            ("entry", "appended", "1"),
+            ("entry", "created", "1"),
             ("conversation", "created", "2"),
-            ("entry", "appended", "3"),
-            ("entry", "appended", "4"),
+            ("entry", "created", "3"),
+            ("entry", "created", "4"),
             ("stream", "phase", None),
         ]
         assert got[0].data == {"phase": "replay"} and got[-1].data == {"phase": "live"}
@@ -375,7 +377,7 @@ def test_in_memory_client_replay_live_and_filters():
         short = InMemoryEventClient([entry(), entry()])
         stream = await short.subscribe(SubscribeRequest(after_cursor="start"))
         short.break_streams()
-        assert [(e.event, e.cursor) async for e in stream] == [("phase", None), ("appended", "1"), ("appended", "2"), ("phase", None)]
+        assert [(e.event, e.cursor) async for e in stream] == [("phase", None), ("created", "1"), ("created", "2"), ("phase", None)]
 
     run(main())
     assert [r.after_cursor for r in source.requests] == ["start", "1", "start", None]
@@ -405,8 +407,12 @@ def test_in_memory_client_stale_cursor_and_faults():
         source.break_streams()  # a clean end for every open stream
         with pytest.raises(StopAsyncIteration):
             await live.recv()
-        with pytest.raises(ValueError, match="malformed"):
-            await source.subscribe(SubscribeRequest(after_cursor="abc"))
+        # a cursor that is not decimal is stale, as upstream treats it
+        stale = await source.subscribe(SubscribeRequest(after_cursor="abc"))
+        assert (await stale.recv()).data == {"phase": "replay"}
+        assert (await stale.recv()).data == {"reason": "cursor beyond retention window"}
+        with pytest.raises(StopAsyncIteration):
+            await stale.recv()
 
     run(main())
 

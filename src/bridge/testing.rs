@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -13,6 +13,34 @@ use super::envelope::unix_seconds;
 use super::errors::to_py_err_in;
 use super::runtime::runtime;
 use crate::local_server::{LocalMemoryService, Role, ServerOptions};
+use crate::upstream::{AccessRole, Channel, NewEntry, ResponseStatus, UpstreamError};
+
+/// A refused scenario operation as Python sees it: an unknown conversation or entry is a
+/// `KeyError`, anything else (archived, not a member, bad argument, ...) a `ValueError`.
+fn scenario_err(e: UpstreamError) -> PyErr {
+    match e {
+        UpstreamError::NoSuchConversation(_) | UpstreamError::NoSuchEntry(_) => {
+            PyKeyError::new_err(e.to_string())
+        }
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// A JSON object given as text (`None` stays `None`).
+fn json_object(
+    what: &str,
+    text: Option<String>,
+) -> PyResult<Option<serde_json::Map<String, serde_json::Value>>> {
+    match text {
+        None => Ok(None),
+        Some(t) => match serde_json::from_str(&t) {
+            Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
+            _ => Err(PyValueError::new_err(format!(
+                "{what} must be a JSON object"
+            ))),
+        },
+    }
+}
 
 /// `(method, {header: value}, after_cursor, client_id)` of one RPC the server saw.
 type SeenRequest = (
@@ -262,5 +290,135 @@ impl NativeServer {
 
     fn delete_checkpoint(&self, py: Python<'_>, client_id: String) -> bool {
         py.detach(|| self.inner.delete_checkpoint(&client_id))
+    }
+
+    // -- the scenario API: operations of the model, each emitting its event ------------------
+
+    /// Returns `(conversation_id, cursor)`.
+    #[pyo3(signature = (owner, title, agent_id=None, metadata_json=None))]
+    fn create_conversation(
+        &self,
+        py: Python<'_>,
+        owner: String,
+        title: String,
+        agent_id: Option<String>,
+        metadata_json: Option<String>,
+    ) -> PyResult<(String, String)> {
+        let metadata = json_object("metadata", metadata_json)?;
+        py.detach(|| {
+            self.inner
+                .create_conversation(&owner, &title, agent_id.as_deref(), metadata)
+        })
+        .map_err(scenario_err)
+    }
+
+    #[pyo3(signature = (conversation_id, title=None, metadata_json=None))]
+    fn update_conversation(
+        &self,
+        py: Python<'_>,
+        conversation_id: String,
+        title: Option<String>,
+        metadata_json: Option<String>,
+    ) -> PyResult<String> {
+        let metadata = json_object("metadata", metadata_json)?;
+        py.detach(|| {
+            self.inner
+                .update_conversation(&conversation_id, title.as_deref(), metadata)
+        })
+        .map_err(scenario_err)
+    }
+
+    /// `content_json`: a JSON list of content items, or a JSON string `"b64:..."`. Returns
+    /// `(entry_id, cursor)`.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (conversation_id, content_json, channel, content_type, user_id=None, client_id=None, agent_id=None))]
+    fn append_entry(
+        &self,
+        py: Python<'_>,
+        conversation_id: String,
+        content_json: String,
+        channel: String,
+        content_type: String,
+        user_id: Option<String>,
+        client_id: Option<String>,
+        agent_id: Option<String>,
+    ) -> PyResult<(String, String)> {
+        let content: serde_json::Value = serde_json::from_str(&content_json)
+            .map_err(|e| PyValueError::new_err(format!("content is not valid JSON: {e}")))?;
+        let new = NewEntry {
+            content,
+            channel: Channel::parse(&channel).map_err(scenario_err)?,
+            content_type,
+            user_id,
+            client_id,
+            agent_id,
+        };
+        py.detach(|| self.inner.append_entry(&conversation_id, new))
+            .map_err(scenario_err)
+    }
+
+    fn archive_conversation(&self, py: Python<'_>, conversation_id: String) -> PyResult<String> {
+        py.detach(|| self.inner.archive_conversation(&conversation_id))
+            .map_err(scenario_err)
+    }
+
+    fn unarchive_conversation(&self, py: Python<'_>, conversation_id: String) -> PyResult<String> {
+        py.detach(|| self.inner.unarchive_conversation(&conversation_id))
+            .map_err(scenario_err)
+    }
+
+    fn delete_conversation(&self, py: Python<'_>, conversation_id: String) -> PyResult<String> {
+        py.detach(|| self.inner.delete_conversation(&conversation_id))
+            .map_err(scenario_err)
+    }
+
+    fn add_member(
+        &self,
+        py: Python<'_>,
+        conversation_id: String,
+        user: String,
+        role: String,
+    ) -> PyResult<String> {
+        let role = AccessRole::parse(&role).map_err(scenario_err)?;
+        py.detach(|| self.inner.add_member(&conversation_id, &user, role))
+            .map_err(scenario_err)
+    }
+
+    fn update_member(
+        &self,
+        py: Python<'_>,
+        conversation_id: String,
+        user: String,
+        role: String,
+    ) -> PyResult<String> {
+        let role = AccessRole::parse(&role).map_err(scenario_err)?;
+        py.detach(|| self.inner.update_member(&conversation_id, &user, role))
+            .map_err(scenario_err)
+    }
+
+    fn remove_member(
+        &self,
+        py: Python<'_>,
+        conversation_id: String,
+        user: String,
+    ) -> PyResult<String> {
+        py.detach(|| self.inner.remove_member(&conversation_id, &user))
+            .map_err(scenario_err)
+    }
+
+    fn start_response(&self, py: Python<'_>, conversation_id: String) -> PyResult<String> {
+        py.detach(|| self.inner.start_response(&conversation_id))
+            .map_err(scenario_err)
+    }
+
+    fn finish_response(
+        &self,
+        py: Python<'_>,
+        conversation_id: String,
+        status: String,
+    ) -> PyResult<String> {
+        let status = ResponseStatus::parse(&status).map_err(scenario_err)?;
+        py.detach(|| self.inner.finish_response(&conversation_id, status))
+            .map_err(scenario_err)
     }
 }

@@ -2,15 +2,20 @@
 //!
 //! A request asks for `kinds`, `conversation_ids` and, for `entry` events, entry channels,
 //! content types and roles; an empty list means "any", except `entry_channels`, which
-//! defaults to `["history"]`. Kinds, channels, content types and roles compare
-//! case-insensitively; conversation ids exactly. The request's `detail` and `scope` are
-//! checked here too (admin scope needs the admin role).
+//! defaults to `["history"]`. Kinds, channels and roles compare case-insensitively; content
+//! types and conversation ids exactly (the entry rules are the model's
+//! [`crate::upstream::EntryFilter`]). Entries are matched on their summary fields, whatever
+//! the detail mode. The request's `detail` (kept for rendering) and `scope` are checked here
+//! too (admin scope needs the admin role).
 
 use bytes::Bytes;
 use tonic::Status;
 
+use serde_json::{Map, Value};
+
 use super::Role;
 use crate::proto;
+use crate::upstream::{Detail, EntryFilter};
 
 /// The payload fields a filter looks at, read once when the event is stored.
 #[derive(Debug, Default)]
@@ -25,8 +30,14 @@ impl EventKeys {
     /// Reads the summary keys of a JSON payload; anything else (not JSON, not an object,
     /// non-string values) leaves them unset.
     pub fn from_data(data: &Bytes) -> EventKeys {
-        let parsed: serde_json::Value =
-            serde_json::from_slice(data).unwrap_or(serde_json::Value::Null);
+        match serde_json::from_slice::<Value>(data) {
+            Ok(Value::Object(m)) => EventKeys::from_summary(&m),
+            _ => EventKeys::default(),
+        }
+    }
+
+    /// Reads the summary keys of a payload object.
+    pub fn from_summary(parsed: &Map<String, Value>) -> EventKeys {
         let field = |key: &str| parsed.get(key).and_then(|x| x.as_str()).map(str::to_string);
         EventKeys {
             conversation: field("conversation"),
@@ -42,23 +53,16 @@ impl EventKeys {
 pub(super) struct Filter {
     kinds: Vec<String>,
     conversations: Vec<String>,
-    channels: Vec<String>,
-    content_types: Vec<String>,
-    roles: Vec<String>,
+    entries: EntryFilter,
+    /// The payload shape this subscription receives.
+    pub detail: Detail,
 }
 
 impl Filter {
     /// Validates the request's `detail` and `scope` (for a caller with `role`) and builds
     /// its filter.
     pub fn from_request(r: &proto::SubscribeEventsRequest, role: Role) -> Result<Filter, Status> {
-        match r.detail.as_deref() {
-            None | Some("summary") | Some("full") => {}
-            Some(other) => {
-                return Err(Status::invalid_argument(format!(
-                    "detail must be \"summary\" or \"full\", got {other:?}"
-                )))
-            }
-        }
+        let detail = Detail::parse(r.detail.as_deref()).map_err(Status::invalid_argument)?;
         let admin_scope = r.scope == Some(proto::EventScope::Admin as i32);
         if admin_scope && role != Role::Admin {
             return Err(Status::permission_denied(
@@ -69,13 +73,8 @@ impl Filter {
         Ok(Filter {
             kinds: lower(&r.kinds),
             conversations: r.conversation_ids.clone(),
-            channels: if r.entry_channels.is_empty() {
-                vec!["history".into()]
-            } else {
-                lower(&r.entry_channels)
-            },
-            content_types: lower(&r.entry_content_types),
-            roles: lower(&r.entry_roles),
+            entries: EntryFilter::new(&r.entry_channels, &r.entry_content_types, &r.entry_roles),
+            detail,
         })
     }
 
@@ -91,22 +90,19 @@ impl Filter {
             }
         }
         if kind == "entry" {
-            // an entry without a channel is on the default "history" channel
-            let channel = Some(keys.channel.as_deref().unwrap_or("history"));
-            if !one_of(&self.channels, channel)
-                || !one_of(&self.content_types, keys.content_type.as_deref())
-                || !one_of(&self.roles, keys.role.as_deref())
-            {
+            // an entry without a channel is on the default "history" channel; one without a
+            // content type matches no content-type filter
+            let channel = keys.channel.as_deref().unwrap_or("history");
+            if !self.entries.matches_entry(
+                channel,
+                keys.content_type.as_deref().unwrap_or(""),
+                keys.role.as_deref(),
+            ) {
                 return false;
             }
         }
         true
     }
-}
-
-/// `allowed` is empty (no constraint) or holds `value`, compared case-insensitively.
-fn one_of(allowed: &[String], value: Option<&str>) -> bool {
-    allowed.is_empty() || value.is_some_and(|v| allowed.iter().any(|a| a.eq_ignore_ascii_case(v)))
 }
 
 #[cfg(test)]
@@ -148,8 +144,11 @@ mod tests {
         r.entry_roles = vec!["ai".into()];
         r.entry_content_types = vec!["history".into()];
         let f = Filter::from_request(&r, Role::Admin).unwrap();
-        let ok = serde_json::json!({"conversation": "c2", "entry_role": "AI", "entry_content_type": "History"});
+        let ok = serde_json::json!({"conversation": "c2", "entry_role": "AI", "entry_content_type": "history"});
         assert!(f.matches("entry", &keys(ok.clone())));
+        // content types compare exactly, roles case-insensitively
+        let other_type = serde_json::json!({"conversation": "c2", "entry_role": "ai", "entry_content_type": "History"});
+        assert!(!f.matches("entry", &keys(other_type)));
         assert!(!f.matches("conversation", &keys(ok)));
         let other_conv = serde_json::json!({"conversation": "C2", "entry_role": "AI", "entry_content_type": "history"});
         assert!(!f.matches("entry", &keys(other_conv)));

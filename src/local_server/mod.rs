@@ -9,6 +9,11 @@
 //! - [`filter`]: what a subscription receives.
 //! - [`service`]: the gRPC services, with auth and the one interceptor (recording, faults).
 //! - [`persist`]: the thread that does every file write, off the async handlers and locks.
+//!
+//! The server keeps a model of a Memory Service's state ([`crate::upstream::Upstream`]): the
+//! scenario methods (`create_conversation`, `append_entry`, ...) change it and emit exactly
+//! the events a real server emits, rendered per subscriber's `detail` when they are sent.
+//! `publish` stays the low-level door: its payload is sent as given in both modes.
 
 mod filter;
 mod outbox;
@@ -31,6 +36,7 @@ use tonic::Status;
 use crate::error::{code_from_name, Error, Result};
 use crate::proto::admin_checkpoint_service_server::AdminCheckpointServiceServer;
 use crate::proto::event_stream_service_server::EventStreamServiceServer;
+use crate::upstream::{self, AccessRole, NewEntry, Notification, ResponseStatus, Upstream};
 use outbox::{Ctl, Outbox};
 use persist::{Job, Persister, StoredCheckpoint};
 use service::Svc;
@@ -90,6 +96,9 @@ struct Running {
 
 pub struct State {
     opts: ServerOptions,
+    /// The Memory Service's entities. Lock order: the model first, then the outbox, so the
+    /// outbox order is the order of the changes.
+    model: Mutex<Upstream>,
     outbox: Mutex<Outbox>,
     checkpoints: Mutex<HashMap<String, StoredCheckpoint>>,
     faults: Mutex<HashMap<String, VecDeque<Status>>>,
@@ -135,6 +144,12 @@ impl LocalMemoryService {
     /// Builds the server; with a data directory, loads what an earlier instance persisted
     /// there and starts the persistence thread.
     pub fn new(opts: ServerOptions) -> Result<LocalMemoryService> {
+        LocalMemoryService::with_model(opts, Upstream::new())
+    }
+
+    /// [`LocalMemoryService::new`] with a given model (e.g. [`Upstream::deterministic`] for
+    /// reproducible ids and timestamps).
+    pub fn with_model(opts: ServerOptions, model: Upstream) -> Result<LocalMemoryService> {
         let (outbox, checkpoints, persist) = match &opts.data_dir {
             None => (Outbox::new(), HashMap::new(), None),
             Some(dir) => {
@@ -149,6 +164,7 @@ impl LocalMemoryService {
             }
         };
         let state = State {
+            model: Mutex::new(model),
             outbox: Mutex::new(outbox),
             checkpoints: Mutex::new(checkpoints),
             faults: Mutex::new(HashMap::new()),
@@ -305,6 +321,129 @@ impl LocalMemoryService {
         out
     }
 
+    /// Runs one operation of the model and appends the notification it emits, under the
+    /// model lock then the outbox lock (so cursors follow the order of the changes). Returns
+    /// the operation's value and the event's cursor. With a data directory the event is
+    /// written when this returns.
+    pub fn apply<T>(
+        &self,
+        op: impl FnOnce(&mut Upstream) -> upstream::Result<(T, Notification)>,
+    ) -> upstream::Result<(T, String)> {
+        let mut model = lock(&self.state.model);
+        let (value, note) = op(&mut model)?;
+        let mut ob = lock(&self.state.outbox);
+        let ev = ob.append_model(note);
+        if let Some(p) = &self.state.persist {
+            p.send(Job::Append(vec![ev.clone()]));
+        }
+        drop(ob);
+        drop(model);
+        self.state.published.notify_waiters();
+        if let Some(p) = &self.state.persist {
+            p.flush_blocking();
+        }
+        Ok((value, ev.cursor.to_string()))
+    }
+
+    /// Creates a conversation owned by `owner` in a new group: `conversation/created`.
+    /// Returns the conversation id and the event's cursor.
+    pub fn create_conversation(
+        &self,
+        owner: &str,
+        title: &str,
+        agent_id: Option<&str>,
+        metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> upstream::Result<(String, String)> {
+        self.apply(|m| m.create_conversation(owner, title, agent_id, metadata))
+    }
+
+    /// Changes the title and/or metadata: `conversation/updated`. Returns the cursor.
+    pub fn update_conversation(
+        &self,
+        id: &str,
+        title: Option<&str>,
+        metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    ) -> upstream::Result<String> {
+        self.apply(|m| Ok(((), m.update_conversation(id, title, metadata)?)))
+            .map(|(_, c)| c)
+    }
+
+    /// Appends an entry: `entry/created`. Returns the entry id and the cursor.
+    pub fn append_entry(
+        &self,
+        conversation_id: &str,
+        new: NewEntry,
+    ) -> upstream::Result<(String, String)> {
+        self.apply(|m| m.append_entry(conversation_id, new))
+    }
+
+    /// Archives: `conversation/updated` with `members` and `archived: true`.
+    pub fn archive_conversation(&self, id: &str) -> upstream::Result<String> {
+        self.note(|m| m.archive_conversation(id))
+    }
+
+    /// Unarchives: `conversation/updated` with `members` and `archived: false`.
+    pub fn unarchive_conversation(&self, id: &str) -> upstream::Result<String> {
+        self.note(|m| m.unarchive_conversation(id))
+    }
+
+    /// Hard delete: `conversation/deleted` (never delivered in full mode, nor are the
+    /// conversation's earlier events).
+    pub fn delete_conversation(&self, id: &str) -> upstream::Result<String> {
+        self.note(|m| m.delete_conversation(id))
+    }
+
+    /// `membership/created`.
+    pub fn add_member(
+        &self,
+        conversation_id: &str,
+        user: &str,
+        role: AccessRole,
+    ) -> upstream::Result<String> {
+        self.note(|m| m.add_member(conversation_id, user, role))
+    }
+
+    /// `membership/updated`.
+    pub fn update_member(
+        &self,
+        conversation_id: &str,
+        user: &str,
+        role: AccessRole,
+    ) -> upstream::Result<String> {
+        self.note(|m| m.update_member(conversation_id, user, role))
+    }
+
+    /// `membership/deleted`.
+    pub fn remove_member(&self, conversation_id: &str, user: &str) -> upstream::Result<String> {
+        self.note(|m| m.remove_member(conversation_id, user))
+    }
+
+    /// `response/created` (`status: started`).
+    pub fn start_response(&self, conversation_id: &str) -> upstream::Result<String> {
+        self.note(|m| m.start_response(conversation_id))
+    }
+
+    /// `response/deleted` with `status` `completed` or `failed`.
+    pub fn finish_response(
+        &self,
+        conversation_id: &str,
+        status: ResponseStatus,
+    ) -> upstream::Result<String> {
+        self.note(|m| m.finish_response(conversation_id, status))
+    }
+
+    fn note(
+        &self,
+        op: impl FnOnce(&mut Upstream) -> upstream::Result<Notification>,
+    ) -> upstream::Result<String> {
+        self.apply(|m| Ok(((), op(m)?))).map(|(_, c)| c)
+    }
+
+    /// Reads the model (e.g. to check an entity in a test).
+    pub fn with_model_state<T>(&self, f: impl FnOnce(&Upstream) -> T) -> T {
+        f(&lock(&self.state.model))
+    }
+
     /// Drops events up to and including `through` from retention. Replays from a cursor
     /// before it get `stream/invalidate`.
     pub fn purge(&self, through: u64) {
@@ -415,5 +554,7 @@ fn canonical_rpc(rpc: &str) -> Option<&'static str> {
     }
 }
 
+#[cfg(test)]
+mod scenario_tests;
 #[cfg(test)]
 mod tests;

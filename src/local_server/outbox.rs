@@ -14,11 +14,22 @@ use tonic::Status;
 
 use super::filter::{EventKeys, Filter};
 use crate::proto;
+use crate::upstream::{AfterCursor, Detail, Notification, Upstream};
+
+/// What an event's payload is.
+pub(super) enum Payload {
+    /// Published as bytes (`publish`): the same payload in both detail modes.
+    Raw(Bytes),
+    /// Emitted by a scenario operation: rendered per subscriber's detail mode when it is sent.
+    Model(Notification),
+}
 
 /// One event of the log, with the payload keys its filters look at.
 pub(super) struct StoredEvent {
     pub cursor: u64,
-    pub note: proto::EventNotification,
+    pub kind: String,
+    pub event: String,
+    pub payload: Payload,
     pub keys: EventKeys,
 }
 
@@ -27,27 +38,56 @@ impl StoredEvent {
         StoredEvent {
             cursor,
             keys: EventKeys::from_data(&data),
-            note: proto::EventNotification {
-                event: event.to_string(),
-                kind: kind.to_string(),
-                data,
-                cursor: Some(cursor.to_string()),
-            },
+            kind: kind.to_string(),
+            event: event.to_string(),
+            payload: Payload::Raw(data),
+        }
+    }
+
+    /// An event of the model: the filters read its summary payload.
+    pub fn from_model(cursor: u64, note: Notification) -> StoredEvent {
+        StoredEvent {
+            cursor,
+            keys: EventKeys::from_summary(note.summary()),
+            kind: note.kind().as_str().to_string(),
+            event: note.event().to_string(),
+            payload: Payload::Model(note),
         }
     }
 
     /// Whether `filter` lets this event through.
     pub fn passes(&self, filter: &Filter) -> bool {
-        filter.matches(&self.note.kind, &self.keys)
+        filter.matches(&self.kind, &self.keys)
     }
 
-    /// The event as one line of `outbox.jsonl`.
+    /// The notification as a subscriber in `detail` mode receives it, read from the model's
+    /// current state; `None` when it is not delivered (full mode, the entity is gone).
+    pub fn render(&self, model: &Upstream, detail: Detail) -> Option<proto::EventNotification> {
+        let data = match &self.payload {
+            Payload::Raw(b) => b.clone(),
+            Payload::Model(n) => model.render_bytes(n, detail)?,
+        };
+        Some(proto::EventNotification {
+            event: self.event.clone(),
+            kind: self.kind.clone(),
+            data,
+            cursor: Some(self.cursor.to_string()),
+        })
+    }
+
+    /// The event as one line of `outbox.jsonl`. A model event is stored with its summary
+    /// payload: the model's entities are not persisted, so after a restart it is replayed
+    /// with that payload in both detail modes.
     pub fn to_line(&self) -> String {
+        let data = match &self.payload {
+            Payload::Raw(b) => String::from_utf8_lossy(b).into_owned(),
+            Payload::Model(n) => serde_json::Value::Object(n.summary().clone()).to_string(),
+        };
         serde_json::json!({
             "c": self.cursor,
-            "k": self.note.kind,
-            "e": self.note.event,
-            "d": String::from_utf8_lossy(&self.note.data),
+            "k": self.kind,
+            "e": self.event,
+            "d": data,
         })
         .to_string()
     }
@@ -138,7 +178,18 @@ impl Outbox {
     /// Appends one event and hands it to every live subscriber whose filter it passes; a
     /// subscriber whose queue is full is evicted as a slow consumer.
     pub fn append(&mut self, kind: &str, event: &str, data: Bytes) -> Arc<StoredEvent> {
-        let ev = Arc::new(StoredEvent::new(self.next_cursor(), kind, event, data));
+        let ev = StoredEvent::new(self.next_cursor(), kind, event, data);
+        self.push(ev)
+    }
+
+    /// Appends a notification of the model (see [`Outbox::append`]).
+    pub fn append_model(&mut self, note: Notification) -> Arc<StoredEvent> {
+        let ev = StoredEvent::from_model(self.next_cursor(), note);
+        self.push(ev)
+    }
+
+    fn push(&mut self, ev: StoredEvent) -> Arc<StoredEvent> {
+        let ev = Arc::new(ev);
         self.events.push_back(ev.clone());
         self.subscribers.retain(|s| {
             if !ev.passes(&s.filter) {
@@ -170,27 +221,22 @@ impl Outbox {
     }
 
     /// Where a subscription with `after_cursor` starts: `None` is the live tail, `"start"`
-    /// the oldest retained event, a decimal cursor the event after it.
-    pub fn replay_range(&self, after_cursor: Option<&str>) -> Result<ReplayRange, Status> {
+    /// the oldest retained event, a decimal cursor the event after it. A cursor that fell out
+    /// of retention, or that is not a decimal cursor at all, is stale (as upstream reads it).
+    pub fn replay_range(&self, after_cursor: Option<&str>) -> ReplayRange {
         let next = self.next_cursor();
-        let (from, stale) = match after_cursor {
-            None => (next, false),
-            Some("start") => (self.base, false),
-            Some(c) => match c.trim().parse::<u64>() {
-                Ok(c) if c.saturating_add(1) < self.base => (next, true),
-                Ok(c) => (c.saturating_add(1).min(next), false),
-                Err(_) => {
-                    return Err(Status::invalid_argument(format!(
-                        "malformed after_cursor {c:?}: not a cursor of this server"
-                    )))
-                }
-            },
+        let (from, stale) = match AfterCursor::parse(after_cursor) {
+            AfterCursor::Tail => (next, false),
+            AfterCursor::Start => (self.base, false),
+            AfterCursor::After(c) if c.saturating_add(1) < self.base => (next, true),
+            AfterCursor::After(c) => (c.saturating_add(1).min(next), false),
+            AfterCursor::Stale => (next, true),
         };
-        Ok(ReplayRange {
+        ReplayRange {
             from,
             to: next,
             stale,
-        })
+        }
     }
 
     /// Up to `max` retained events from cursor `from` (inclusive) to `to` (exclusive).

@@ -158,7 +158,7 @@ impl EventStreamService for Svc {
         // or sent twice between replay and live.
         let range = {
             let mut ob = lock(&self.state.outbox);
-            let range = ob.replay_range(req.after_cursor.as_deref())?;
+            let range = ob.replay_range(req.after_cursor.as_deref());
             if !range.stale {
                 ob.subscribers.push(Subscriber {
                     filter: filter.clone(),
@@ -240,17 +240,18 @@ impl StreamTask {
                     Some(ev) => {
                         // a paused server holds what it has until resumed
                         self.wait_unpaused().await;
-                        let mut notes = vec![Ok(ev.note.clone())];
-                        while notes.len() < LIVE_CHUNK {
+                        let mut events = vec![ev];
+                        while events.len() < LIVE_CHUNK {
                             match self.live.try_recv() {
-                                Ok(ev) => notes.push(Ok(ev.note.clone())),
+                                Ok(ev) => events.push(ev),
                                 Err(_) => break,
                             }
                         }
+                        let notes = self.render(&events);
                         if let Some(Ok(n)) = notes.last() {
                             self.last_cursor = n.cursor.clone();
                         }
-                        if self.out.send(notes).await.is_err() {
+                        if !notes.is_empty() && self.out.send(notes).await.is_err() {
                             return;
                         }
                     }
@@ -279,11 +280,11 @@ impl StreamTask {
                 break;
             };
             next = last.cursor + 1;
-            let notes: Vec<_> = chunk
-                .iter()
+            let passing: Vec<_> = chunk
+                .into_iter()
                 .filter(|ev| ev.passes(&self.filter))
-                .map(|ev| Ok(ev.note.clone()))
                 .collect();
+            let notes = self.render(&passing);
             if let Some(Ok(n)) = notes.last() {
                 self.last_cursor = n.cursor.clone();
             }
@@ -297,6 +298,18 @@ impl StreamTask {
             }
         }
         true
+    }
+
+    /// The events as this subscriber receives them, rendered for its detail mode from the
+    /// model's current state (under the model lock; sent after it is released). An event
+    /// whose entity is gone is skipped, with no cursor sent.
+    fn render(&self, events: &[Arc<StoredEvent>]) -> Vec<Result<proto::EventNotification, Status>> {
+        let model = lock(&self.state.model);
+        events
+            .iter()
+            .filter_map(|ev| ev.render(&model, self.filter.detail))
+            .map(Ok)
+            .collect()
     }
 
     async fn emit(&self, n: proto::EventNotification) -> bool {

@@ -32,7 +32,7 @@ from ..testing.server import LocalMemoryService
 from .errors import EXIT_OK
 from .options import add_options, duration_argument, int_at_least, resolve_options
 from .signals import GracefulSignals
-from .simulator import ConversationSimulator, EventTuple
+from .simulator import ConversationSimulator
 from .telemetry import start_metrics
 
 __all__ = ["Progress", "add_parser", "cmd_demo", "run_demo"]
@@ -237,16 +237,13 @@ def _demo_with_server(
     say("memory-service-processor demo")
     where = "a temporary directory" if temporary else directory
     say(f"  embedded Memory Service on {endpoint} (data in {where})")
-    first, next_cursor = server.outbox_range
-    fresh = next_cursor == first
-    simulator = ConversationSimulator(run=next_cursor)
-    batch: List[EventTuple] = simulator.opening() if fresh else []
-    batch.extend(simulator.events(max(0, events - len(batch))))
-    del batch[events:]  # exactly --events (a tiny first run may not even create every conversation)
+    _, next_cursor = server.outbox_range
+    # The activity goes through the scenario API: the server emits what a real Memory Service
+    # emits (the processor asks for full payloads). Each run opens its own conversations (the
+    # entities do not survive a restart; the outbox does).
+    simulator = ConversationSimulator(server, run=next_cursor)
     publish_started = time.monotonic()
-    cursors: List[str] = []
-    for i in range(0, len(batch), 5000):
-        cursors.extend(server.publish_many(batch[i : i + 5000]))
+    cursors: List[str] = [c for c in simulator.emit(events) if c is not None]  # exactly --events
     what = "conversations, members, turns, agent notes and responses"
     say(f"  published {len(cursors):,} events ({what}) in {time.monotonic() - publish_started:.2f}s"
         + (f", cursors {cursors[0]}..{cursors[-1]}" if cursors else ""))
@@ -282,7 +279,7 @@ def _demo_with_server(
         say(f"  fake model calls take {model_delay * 1000:g} ms; {concurrency} event(s) handled at once"
             + ("" if _CONCURRENT else " (this runtime has no max_concurrency)"))
     else:
-        options["entry_channels"] = ("history", "memory")
+        options["entry_channels"] = ("history", "context")
         processor = TurnCounter()
     say()
     config = Config(**options)
@@ -323,7 +320,7 @@ def _demo_with_server(
                         n = int(budget)
                         if n:
                             budget -= n
-                            server.publish_many(simulator.events(n))
+                            simulator.emit(n)
                     last_tick = now
                     display.update(stats, duration - elapsed)
                     try:

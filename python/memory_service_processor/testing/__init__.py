@@ -7,7 +7,9 @@ with admin/user roles, checkpoints, retention, slow-consumer eviction, fault inj
 restart. :func:`run_until_handled` and :class:`ProcessorRun` (:mod:`.run`) run the real
 runtime until the processor has handled what was published. :class:`InMemoryEventClient`
 (:mod:`.clients`) is an event source in this process, for tests without a server.
-:mod:`.events` generates realistic synthetic events.
+The server's scenario API (``create_conversation``, ``append_entry``, ...) emits exactly the events a
+real Memory Service emits, in summary and full payloads; :class:`~.events.Activity`
+(:mod:`.events`) drives it to make realistic activity.
 """
 
 from __future__ import annotations

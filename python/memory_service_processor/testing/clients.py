@@ -38,18 +38,26 @@ class _Stored:
     def matches(self, request: SubscribeRequest) -> bool:
         kind = self.envelope.kind
 
-        def one_of(allowed: Iterable[str], value: Optional[str]) -> bool:
-            allowed = [a.lower() for a in allowed]
-            return not allowed or (value is not None and value.lower() in allowed)
+        def one_of(allowed: Iterable[str], value: Optional[str], fold: bool = True) -> bool:
+            # blank filter values are ignored, as the server ignores them
+            wanted = [a.strip().lower() if fold else a.strip() for a in allowed if a.strip()]
+            if not wanted:
+                return True
+            if value is None:
+                return False
+            value = value.strip()
+            return (value.lower() if fold else value) in wanted
 
         if not one_of(request.kinds, kind):
             return False
         if request.conversation_ids and self.conversation not in request.conversation_ids:
             return False
         if kind == "entry":
+            # channels (default ["history"]) and roles in any case, content types exactly
+            channels = [c for c in request.entry_channels if c.strip()] or ["history"]
             return (
-                one_of(request.entry_channels or ("history",), self.channel)
-                and one_of(request.entry_content_types, self.content_type)
+                one_of(channels, self.channel)
+                and one_of(request.entry_content_types, self.content_type, fold=False)
                 and one_of(request.entry_roles, self.role)
             )
         return True
@@ -115,8 +123,10 @@ class InMemoryEventClient:
     It behaves like the Memory Service's stream for what the runtime relies on: decimal
     cursors ``"1"``, ``"2"``, ...; ``after_cursor`` ``None`` (live tail only), ``"start"`` or a
     cursor; ``phase`` replay/live signals; the ``kinds``, ``conversation_ids`` and entry
-    filters; and, after :meth:`purge`, a ``stream/invalidate`` signal and a clean end for a
-    cursor beyond retention. Pass it as ``Runtime(..., events=client)`` or as the source of
+    filters (channels, default ``["history"]``, and roles in any case, content types
+    exactly); and a ``stream/invalidate`` signal and a clean end for a cursor beyond
+    retention (after :meth:`purge`) or one that is not a decimal cursor. Payloads are sent
+    as published, in every detail mode. Pass it as ``Runtime(..., events=client)`` or as the source of
     :func:`run_until_handled`. ``publish`` / ``publish_many`` may be called from any thread.
 
     Faults for tests: :meth:`fail` (the next subscriptions raise) and :meth:`break_streams`
@@ -214,12 +224,10 @@ class InMemoryEventClient:
                 if after == "start":
                     position = 0
                 else:
-                    digits = after.strip()
-                    digits = digits[1:] if digits.startswith("+") else digits
-                    if not (digits.isascii() and digits.isdigit()):  # a decimal cursor, as the server parses it
-                        raise ValueError(f"malformed after_cursor {after!r}: not a cursor of this client")
-                    after_number = int(digits)
-                    if after_number + 1 < self._base:
+                    # a decimal cursor, as the server parses it; anything else is stale
+                    decimal = after.isascii() and after.isdigit() and int(after) < 2**64
+                    after_number = int(after) if decimal else -1
+                    if not decimal or after_number + 1 < self._base:
                         pending.append(_signal("invalidate", reason="cursor beyond retention window"))
                         stream = _InMemoryStream(self, request, pending, end, -1)
                         stream.closed = True

@@ -4,20 +4,46 @@ It is a tonic gRPC server (EventStreamService + AdminCheckpointService) inside t
 listening on a free loopback port (or a Unix socket), with a durable outbox of decimal
 cursors, replay and live phases, filters, API keys with admin/user roles, checkpoints,
 retention (:meth:`purge`), slow-consumer eviction, fault injection and restart.
+
+Its *scenario API* (:meth:`~LocalMemoryService.create_conversation`,
+:meth:`~LocalMemoryService.append_entry`, ...) keeps conversations, entries, memberships and
+responses the way a Memory Service does and emits exactly the events a real server emits,
+with UUIDs and RFC 3339 timestamps: summary payloads (snake_case ids) by default, the stored
+entity in camelCase for subscribers asking ``detail="full"`` (as the runtime does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .. import _native
 from .._model import Checkpoint
 from .events import EventSpec, encode_payload
 
-__all__ = ["LocalMemoryService", "SeenRequest"]
+__all__ = ["LocalMemoryService", "SeenRequest", "Content"]
+
+#: An entry's content: a list of items such as ``{"role": "USER", "text": "Hello"}``, or
+#: ``bytes`` for content that is not JSON (sent as ``"b64:<base64>"``, as a server does).
+Content = Union[Sequence[Mapping[str, Any]], bytes]
+
+
+def _content_json(content: Content) -> str:
+    if isinstance(content, (bytes, bytearray)):
+        return json.dumps("b64:" + base64.b64encode(bytes(content)).decode("ascii"))
+    if isinstance(content, (str, Mapping)) or not isinstance(content, Sequence):
+        raise TypeError("content must be a list of content items (dicts) or bytes")
+    items: List[Any] = list(content)
+    if not all(isinstance(item, Mapping) for item in items):
+        raise TypeError("content items must be dicts such as {\"role\": \"USER\", \"text\": \"...\"}")
+    return json.dumps([dict(item) for item in items])
+
+
+def _metadata_json(metadata: Optional[Mapping[str, Any]]) -> Optional[str]:
+    return None if metadata is None else json.dumps(dict(metadata))
 
 
 class SeenRequest:
@@ -40,9 +66,19 @@ class LocalMemoryService:
     """A local gRPC Memory Service.
 
     >>> async with LocalMemoryService() as server:
-    ...     server.publish("entry", "appended", {"conversation": "c1", "entry": "e1"})
+    ...     conv = server.create_conversation(owner="alice", title="Trip")
+    ...     server.append_entry(conv, [{"role": "USER", "text": "Hello"}])
     ...     runtime = Runtime(MyProcessor(), Config(client_id="p", after_cursor="start"),
     ...                       endpoint=server.endpoint)
+
+    The scenario methods change the server's state as a Memory Service does and emit its
+    events (``conversation``/``entry``/``response``/``membership``), each rendered for the
+    subscriber's ``detail`` when it is sent: in full mode a replayed ``created`` shows the
+    conversation as it is now, and the events of a hard-deleted conversation are not sent.
+    An unknown conversation raises ``KeyError``; an operation a server refuses (appending to
+    an archived conversation, removing the owner, ...) raises ``ValueError``, and emits
+    nothing. :meth:`publish` is the low-level door: its payload is sent as given in both
+    modes.
 
     ``api_keys`` maps keys (or bearer tokens) to roles ``"admin"`` / ``"user"``; ``None``
     disables authentication. ``queue_capacity`` is how many live events may wait for a
@@ -51,8 +87,11 @@ class LocalMemoryService:
     on a Unix socket instead of TCP. ``tls_cert_file`` / ``tls_key_file`` (PEM) serve TLS; the
     endpoint is then ``https://127.0.0.1:PORT``.
 
-    ``publish`` / ``publish_many`` and the fault methods are plain methods, callable from any
-    thread.
+    ``publish`` / ``publish_many``, the scenario methods and the fault methods are plain
+    methods, callable from any thread.
+
+    With ``data_dir`` the outbox survives a restart but the entities do not: events of the
+    scenario API are then replayed with their summary payload in both modes.
     """
 
     def __init__(
@@ -137,6 +176,92 @@ class LocalMemoryService:
                 kind, event, data = spec
                 items.append((kind, event, encode_payload(data)))
         return self._native.publish_many(items)
+
+    @property
+    def last_cursor(self) -> Optional[str]:
+        """The cursor of the last event appended (by :meth:`publish` or a scenario method),
+        or ``None`` before the first."""
+        _, next_cursor = self._native.outbox_range()
+        return str(next_cursor - 1) if next_cursor > 1 else None
+
+    # -- the scenario API --------------------------------------------------------------
+    def create_conversation(
+        self,
+        owner: str,
+        title: str = "",
+        agent_id: Optional[str] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+    ) -> str:
+        """Creates a conversation in a new group whose only member is ``owner`` (role
+        ``owner``); emits ``conversation/created``. Returns the conversation id (a UUID)."""
+        conversation, _ = self._native.create_conversation(owner, title, agent_id, _metadata_json(metadata))
+        return conversation
+
+    def update_conversation(
+        self, conversation_id: str, title: Optional[str] = None, metadata: Optional[Mapping[str, Any]] = None
+    ) -> str:
+        """Changes the title and/or replaces the metadata; emits ``conversation/updated``.
+        Returns the event's cursor."""
+        return self._native.update_conversation(conversation_id, title, _metadata_json(metadata))
+
+    def append_entry(
+        self,
+        conversation_id: str,
+        content: Content,
+        *,
+        channel: str = "history",
+        content_type: str = "history",
+        user_id: Optional[str] = None,
+        client_id: Optional[str] = None,
+        agent_id: Optional[str] = None,
+    ) -> str:
+        """Appends an entry (``channel``: ``history``, ``context`` or ``journal``); emits
+        ``entry/created`` whose summary ``entry_role`` is the first item's ``role``.
+        ``user_id`` defaults to the conversation's owner. Returns the entry id (a UUID)."""
+        entry, _ = self._native.append_entry(
+            conversation_id, _content_json(content), channel, content_type, user_id, client_id, agent_id
+        )
+        return entry
+
+    def archive_conversation(self, conversation_id: str) -> str:
+        """Archives (what a user's delete does); emits ``conversation/updated`` with
+        ``members`` and ``archived: true``. Returns the cursor."""
+        return self._native.archive_conversation(conversation_id)
+
+    def unarchive_conversation(self, conversation_id: str) -> str:
+        """Emits ``conversation/updated`` with ``members`` and ``archived: false``. Returns the
+        cursor."""
+        return self._native.unarchive_conversation(conversation_id)
+
+    def delete_conversation(self, conversation_id: str) -> str:
+        """Hard delete (eviction, admin evict): the conversation and its entries are gone;
+        emits ``conversation/deleted`` with ``members``. In full mode neither it nor the
+        conversation's earlier events are delivered any more. Returns the cursor."""
+        return self._native.delete_conversation(conversation_id)
+
+    def add_member(self, conversation_id: str, user: str, role: str) -> str:
+        """Shares the conversation's group with ``user`` (``role``: owner, manager, writer or
+        reader); emits ``membership/created``. Returns the cursor."""
+        return self._native.add_member(conversation_id, user, role)
+
+    def update_member(self, conversation_id: str, user: str, role: str) -> str:
+        """Changes a member's role (not the owner's); emits ``membership/updated``. Returns
+        the cursor."""
+        return self._native.update_member(conversation_id, user, role)
+
+    def remove_member(self, conversation_id: str, user: str) -> str:
+        """Removes a member (not the owner); emits ``membership/deleted``. Returns the cursor."""
+        return self._native.remove_member(conversation_id, user)
+
+    def start_response(self, conversation_id: str) -> str:
+        """An agent starts recording a response; emits ``response/created`` with ``status:
+        "started"`` (``recording`` is the conversation id). Returns the cursor."""
+        return self._native.start_response(conversation_id)
+
+    def finish_response(self, conversation_id: str, status: str = "completed") -> str:
+        """The response ends (``status``: ``"completed"`` or ``"failed"``); emits
+        ``response/deleted``. Returns the cursor."""
+        return self._native.finish_response(conversation_id, status)
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint(self, client_id: str) -> Optional[Checkpoint]:
