@@ -392,3 +392,51 @@ def test_a_snapshot_that_is_not_an_object_is_refused_in_concurrent_mode(server):
 
     with pytest.raises(ValueError, match="JSON object"):
         run(Runtime(ListState(), cfg(after_cursor="start", max_concurrency=2), endpoint=server.endpoint).run())
+
+
+def test_a_failing_skip_hook_stops_the_run_with_its_exception(server):
+    cursors = publish(server, 10, conversations=2)
+
+    class BadHook(Flaky):
+        async def on_failure(self, event: EventEnvelope, error: BaseException) -> None:
+            raise KeyError(f"hook failed for {event.cursor}")
+
+    p = BadHook({cursors[2]: 99})
+    config = cfg(after_cursor="start", max_concurrency=2, on_failure="skip", checkpoint_interval=0.02)
+    with pytest.raises(KeyError, match=f"hook failed for {cursors[2]}"):
+        run(Runtime(p, config, endpoint=server.endpoint).run())
+    v = stored(server)
+    assert v is None or cursors[2] not in v.get("completedAboveWatermark", [])
+    assert v is None or v.get("lastEventCursor") is None or int(v["lastEventCursor"]) < int(cursors[2])
+
+
+def test_a_processor_that_is_not_a_subclass_gets_the_default_key(server):
+    cursors = publish(server, 40, conversations=4)
+    running: Set[str] = set()
+    overlaps: List[str] = []
+    seen: Dict[str, List[int]] = {}
+
+    class Plain:
+        def content_type(self) -> str:
+            return CT
+
+        def load(self, state: Any) -> None:
+            pass
+
+        async def handle(self, event: EventEnvelope) -> None:
+            k = event.data["conversation"]
+            if k in running:
+                overlaps.append(k)
+            running.add(k)
+            seen.setdefault(k, []).append(int(event.cursor or 0))
+            await asyncio.sleep(0.002)
+            running.discard(k)
+
+        def snapshot(self) -> Any:
+            return {}
+
+    run(run_until_handled(Plain(), server, cfg(after_cursor="start", max_concurrency=8), until_cursor=cursors[-1]))
+    assert overlaps == []
+    assert sorted(seen) == ["c0", "c1", "c2", "c3"]
+    assert all(v == sorted(v) for v in seen.values())
+    assert stored(server)["lastEventCursor"] == cursors[-1]
