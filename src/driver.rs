@@ -3,6 +3,16 @@
 //! due. Whoever owns the processor (the Python bridge, or a Rust test) executes the actions and
 //! reports back. The network side runs in [`crate::stream_loop`], the writes in
 //! [`crate::checkpoint_writer`].
+//!
+//! Two modes, chosen once from the configuration ([`LoopConfig::concurrent`]):
+//! - sequential (the default: `max_concurrency = 1`, no retries, `on_failure = stop`): batches
+//!   of events handled in stream order ([`Action::Handle`], then [`Driver::handled`]);
+//! - concurrent (keyed lanes, retries or skip, see `driver_concurrent.rs`): events started as
+//!   tasks ([`Action::Start`]), their outcomes reported in batches ([`Driver::report`]).
+//!
+//! In both, the stored `lastEventCursor` is the runtime's contiguous watermark (every event at
+//! or before it completed), and the events completed above it are stored as
+//! `completedAboveWatermark` (only when there are any): see `crate::lanes::checkpoint`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +24,8 @@ use crate::backoff::Backoff;
 use crate::buffer::{Buffer, Taken};
 use crate::checkpoint_writer::CheckpointWriter;
 use crate::error::{Error, Result};
-use crate::model::{resume_cursor, Checkpoint, CheckpointClient, Event, EventClient, LoopConfig};
+use crate::lanes::Lanes;
+use crate::model::{stored_position, Checkpoint, CheckpointClient, Event, EventClient, LoopConfig};
 use crate::stats::Stats;
 use crate::wake::Wake;
 
@@ -35,12 +46,38 @@ pub enum Action {
     WaitWriter(Instant),
     /// The run is over: `Ok` after a stop, or the error that ended it.
     Done(Result<()>),
+    /// Concurrent mode, custom `key()`: compute the key of each event, in order, and pass them
+    /// to the next [`Driver::report`].
+    Keys(Vec<Event>),
+    /// Concurrent mode: start one task per `(seq, attempt, event)`; report each outcome under
+    /// its `seq` with [`Driver::report`].
+    Start(Vec<(u64, u32, Event)>),
+    /// Concurrent mode, `on_failure = skip`: call the processor's `on_failure` hook for `seq`
+    /// (with the error of its last try), then report `seq` done.
+    OnFailure(u64),
+    /// Concurrent mode, stop timeout passed: cancel these tasks, await them, and report each
+    /// as done (it finished anyway) or cancelled.
+    Cancel(Vec<u64>),
+    /// Concurrent mode, `on_failure = stop`: event `seq` failed its last try. The run is over
+    /// (nothing more is written): raise that event's error.
+    Failed(u64),
+}
+
+/// The cursors of the batch handed out by the last [`Action::Handle`].
+enum Outstanding {
+    /// The last usable cursor of the batch (no loaded completed cursors to skip).
+    Last(Option<String>),
+    /// Every event's cursor in stream order, including events skipped because a previous run
+    /// completed them.
+    All(Vec<Option<String>>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Created,
     Running,
+    /// Concurrent mode, stopping: nothing new starts; handlers in flight get until `until`.
+    Draining,
     FinalFlush,
     FinalSnapshot,
     FinalWait,
@@ -85,9 +122,27 @@ pub struct Driver {
     snapshot_wanted: bool,
     last_saved: Option<String>,
     next_flush: Instant,
-    outstanding: Option<(usize, Instant, Option<String>)>,
+    outstanding: Option<(usize, Instant, Outstanding)>,
     stop_deadline: Option<Instant>,
     ending_error: Option<Error>,
+    /// Watermark, completed set, lanes (both modes; only the watermark in sequential mode).
+    lanes: Lanes<Event>,
+    concurrent: bool,
+    /// The stats' copy of the watermark is refreshed when this differs.
+    stats_watermark: Option<String>,
+    /// The last snapshot text the processor gave and the position stored with it.
+    last_snapshot: Option<(String, Option<String>, Vec<String>)>,
+    /// A `phase=live` signal was handed out (the loaded completed cursors not seen by then
+    /// will not come).
+    seen_live: bool,
+    // Concurrent mode.
+    pending_keys: Option<Vec<Event>>,
+    pending_hooks: std::collections::VecDeque<u64>,
+    pending_signal: Option<Event>,
+    failed_seq: Option<u64>,
+    drain_until: Option<Instant>,
+    cancel_sent: bool,
+    starts: Vec<crate::lanes::Start>,
 }
 
 impl Driver {
@@ -99,6 +154,8 @@ impl Driver {
         runtime: tokio::runtime::Handle,
     ) -> Result<Driver> {
         cfg.validate()?;
+        let lanes = Lanes::new(cfg.lanes_config(), rand::random())?;
+        let concurrent = cfg.concurrent();
         let cfg = Arc::new(cfg);
         let stats = Arc::new(Stats::default());
         let wake = Arc::new(Wake::new());
@@ -132,6 +189,18 @@ impl Driver {
             outstanding: None,
             stop_deadline: None,
             ending_error: None,
+            lanes,
+            concurrent,
+            stats_watermark: None,
+            last_snapshot: None,
+            seen_live: false,
+            pending_keys: None,
+            pending_hooks: std::collections::VecDeque::new(),
+            pending_signal: None,
+            failed_seq: None,
+            drain_until: None,
+            cancel_sent: false,
+            starts: Vec::new(),
         })
     }
 
@@ -176,6 +245,9 @@ impl Driver {
                                 want,
                             });
                         }
+                        // A stored position that cannot be read fails here, before the
+                        // processor loads the state.
+                        stored_position(&cfg.client_id, &cp.value)?;
                         return Ok(Some(cp));
                     }
                     Err(Error::CheckpointNotFound(_)) => return Ok(None),
@@ -211,7 +283,19 @@ impl Driver {
         let start_cursor = match loaded {
             Some(cp) => {
                 self.last_saved = serde_json::to_string(&cp.value).ok();
-                match resume_cursor(&cp.value) {
+                let pos = stored_position(&self.cfg.client_id, &cp.value)?;
+                if !pos.completed.is_empty() {
+                    info!(
+                        client_id = self.cfg.client_id.as_str();
+                        "client_id={}: {} events after the checkpoint cursor completed before the restart; they are skipped",
+                        self.cfg.client_id,
+                        pos.completed.len()
+                    );
+                }
+                self.lanes.load(pos.watermark.clone(), pos.completed)?;
+                self.stats_watermark.clone_from(&pos.watermark);
+                self.stats.set_watermark(pos.watermark.as_deref());
+                match pos.watermark {
                     Some(c) => {
                         info!(
                             client_id = self.cfg.client_id.as_str(), cursor = c.as_str();
@@ -220,7 +304,16 @@ impl Driver {
                         );
                         Some(c)
                     }
-                    None => self.cfg.after_cursor.clone(),
+                    None => {
+                        if self.cfg.after_cursor.is_none() {
+                            warn!(
+                                client_id = self.cfg.client_id.as_str();
+                                "the checkpoint of client_id={} has no lastEventCursor and after_cursor is the live tail: events published while the processor was down are not replayed",
+                                self.cfg.client_id
+                            );
+                        }
+                        self.cfg.after_cursor.clone()
+                    }
                 }
             }
             None => {
@@ -258,7 +351,68 @@ impl Driver {
         self.producer_cancel.cancel();
         self.writer.verify_before_next_write();
         self.stop_deadline = Some(now + self.cfg.stop_timeout);
-        self.phase = Phase::FinalFlush;
+        if self.concurrent {
+            self.lanes.stop();
+            self.drain_until = Some(now + self.cfg.stop_timeout);
+            self.phase = Phase::Draining;
+        } else {
+            self.phase = Phase::FinalFlush;
+        }
+    }
+
+    /// Running, both modes: a fatal write error, a stop, a due flush or snapshot.
+    fn housekeeping(&mut self, now: Instant) -> Option<Action> {
+        if let Some(e) = self.writer.fatal_error() {
+            return Some(self.finish(Err(e)));
+        }
+        if self.stop.is_cancelled() {
+            info!(
+                client_id = self.cfg.client_id.as_str();
+                "stopping client_id={}: final flush and checkpoint",
+                self.cfg.client_id
+            );
+            self.begin_stop(now);
+            return Some(self.next_action(now));
+        }
+        if now >= self.next_flush {
+            // The next interval counts from the end of this flush (see `flushed`).
+            self.next_flush = now + Duration::from_secs(86400 * 366);
+            self.snapshot_wanted = true;
+            return Some(Action::Flush);
+        }
+        if self.write_due() && self.writer.is_idle() {
+            return Some(Action::Snapshot);
+        }
+        None
+    }
+
+    /// A signal taken from the buffer: count it; the first `phase=live` signal means the
+    /// replay is over, so loaded completed cursors not seen by now will not come.
+    fn signal(&mut self, ev: Event) -> Action {
+        Stats::add(&self.stats.stream_signals, 1);
+        if !self.seen_live && ev.event == "phase" && ev.phase().as_deref() == Some("live") {
+            self.seen_live = true;
+            self.lanes.discard_carried();
+        }
+        Action::Signal(ev)
+    }
+
+    /// The buffer ended by itself: keep what was handled (final flush + checkpoint), then
+    /// report the error.
+    fn ended(&mut self, now: Instant, err: Option<Error>) -> Action {
+        self.ending_error = Some(
+            err.unwrap_or_else(|| Error::Invalid("the event stream ended unexpectedly".into())),
+        );
+        self.begin_stop(now);
+        self.next_action(now)
+    }
+
+    /// Copies the watermark into the stats when it moved.
+    fn sync_watermark(&mut self) {
+        if self.lanes.watermark() != self.stats_watermark.as_deref() {
+            self.stats_watermark = self.lanes.watermark().map(str::to_string);
+            self.stats.set_watermark(self.stats_watermark.as_deref());
+        }
     }
 
     /// What to do next. `now` is passed in so tests control time.
@@ -271,49 +425,19 @@ impl Driver {
         match self.phase {
             Phase::Created => Action::Done(Err(Error::Invalid("the loop was not started".into()))),
             Phase::Done => Action::Done(Ok(())),
+            Phase::Running if self.concurrent => self.next_concurrent(now),
+            Phase::Draining => self.next_draining(now),
             Phase::Running => {
-                if let Some(e) = self.writer.fatal_error() {
-                    return self.finish(Err(e));
-                }
-                if self.stop.is_cancelled() {
-                    info!(
-                        client_id = self.cfg.client_id.as_str();
-                        "stopping client_id={}: final flush and checkpoint",
-                        self.cfg.client_id
-                    );
-                    self.begin_stop(now);
-                    return self.next_action(now);
-                }
-                if now >= self.next_flush {
-                    self.next_flush = now + self.cfg.checkpoint_interval;
-                    self.snapshot_wanted = true;
-                    return Action::Flush;
-                }
-                if self.write_due() && self.writer.is_idle() {
-                    return Action::Snapshot;
+                if let Some(a) = self.housekeeping(now) {
+                    return a;
                 }
                 match self.buffer.take(self.cfg.max_batch) {
-                    Taken::Events(batch) => {
-                        let last = batch.iter().rev().find_map(|e| e.cursor.clone());
-                        self.outstanding = Some((batch.len(), Instant::now(), last));
-                        Action::Handle(batch)
-                    }
-                    Taken::Signal(ev) => {
-                        Stats::add(&self.stats.stream_signals, 1);
-                        Action::Signal(ev)
-                    }
+                    Taken::Events(batch) => self.hand_out(now, batch),
+                    Taken::Signal(ev) => self.signal(ev),
                     // Nothing to handle. If a write is due, one is in flight and its completion
                     // wakes us; otherwise the next event or the flush deadline does.
                     Taken::Empty => Action::Wait(self.next_flush),
-                    Taken::Ended(err) => {
-                        // The network side stopped by itself: only on a fatal error. Keep what
-                        // was handled (final flush + checkpoint), then report the error.
-                        self.ending_error = Some(err.unwrap_or_else(|| {
-                            Error::Invalid("the event stream ended unexpectedly".into())
-                        }));
-                        self.begin_stop(now);
-                        self.next_action(now)
-                    }
+                    Taken::Ended(err) => self.ended(now, err),
                 }
             }
             Phase::FinalFlush => {
@@ -355,6 +479,40 @@ impl Driver {
         }
     }
 
+    /// Sequential mode: hands a batch to the processor. Events a previous run completed
+    /// (stored above its watermark) are left out but keep their place.
+    fn hand_out(&mut self, now: Instant, batch: Vec<Event>) -> Action {
+        if !self.lanes.has_carried() {
+            let last = batch
+                .iter()
+                .rev()
+                .find_map(|e| e.cursor.as_ref().filter(|c| !c.is_empty()).cloned());
+            self.outstanding = Some((batch.len(), Instant::now(), Outstanding::Last(last)));
+            return Action::Handle(batch);
+        }
+        let cursors: Vec<Option<String>> = batch
+            .iter()
+            .map(|e| e.cursor.clone().filter(|c| !c.is_empty()))
+            .collect();
+        let batch: Vec<Event> = batch
+            .into_iter()
+            .filter(|e| {
+                !e.cursor
+                    .as_deref()
+                    .is_some_and(|c| self.lanes.is_loaded_completed(c))
+            })
+            .collect();
+        if batch.is_empty() {
+            for c in cursors {
+                self.lanes.admit_done(c);
+            }
+            self.sync_watermark();
+            return self.next_action(now);
+        }
+        self.outstanding = Some((batch.len(), Instant::now(), Outstanding::All(cursors)));
+        Action::Handle(batch)
+    }
+
     fn finish(&mut self, r: Result<()>) -> Action {
         self.phase = Phase::Done;
         self.stats.set_phase(crate::stats::StreamPhase::Stopped);
@@ -368,41 +526,35 @@ impl Driver {
 
     /// The batch handed out by the last [`Action::Handle`] was handled entirely.
     pub fn handled(&mut self) {
-        if let Some((n, started, cursor)) = self.outstanding.take() {
+        if let Some((n, started, cursors)) = self.outstanding.take() {
             self.handled_total += n as u64;
             Stats::add(&self.stats.events_handled, n as u64);
             self.stats
                 .record_handle(n as u64, started.elapsed().as_nanos() as u64);
-            if let Some(c) = cursor {
-                self.stats.set_last_cursor(&c);
+            match cursors {
+                Outstanding::Last(Some(c)) => {
+                    self.stats.set_last_cursor(&c);
+                    self.lanes.admit_done(Some(c));
+                }
+                Outstanding::Last(None) => {}
+                Outstanding::All(all) => {
+                    for c in all {
+                        if let Some(c) = &c {
+                            self.stats.set_last_cursor(c);
+                        }
+                        self.lanes.admit_done(c);
+                    }
+                }
             }
+            self.sync_watermark();
         }
     }
 
-    /// `flush` returned.
+    /// `flush` returned. The next interval counts from now, so a flush slower than the
+    /// interval never runs back to back with the next one.
     pub fn flushed(&mut self) {
         self.snapshot_wanted = true;
-    }
-
-    /// The processor's snapshot, as JSON text. Skipped when byte-identical to the last one
-    /// saved; otherwise handed to the writer (never waits).
-    pub fn submit_snapshot(&mut self, json: String) -> Result<()> {
-        self.snapshot_wanted = false;
-        self.handled_at_snapshot = self.handled_total;
-        if self.last_saved.as_deref() == Some(json.as_str()) {
-            Stats::add(&self.stats.checkpoints_skipped, 1);
-            return Ok(());
-        }
-        let value = crate::jsonvalue::snapshot_value(
-            &json,
-            &self.cfg.client_id,
-            &self.content_type,
-            self.checkpoints.max_message_size(),
-        )
-        .map_err(Error::Invalid)?;
-        self.writer.submit(value);
-        self.last_saved = Some(json);
-        Ok(())
+        self.next_flush = Instant::now() + self.cfg.checkpoint_interval;
     }
 
     /// The processor failed: write nothing more, stop the network side.
@@ -430,6 +582,12 @@ pub async fn wait(wake: Arc<Wake>, deadline: Instant) {
     }
     let _ = tokio::time::timeout(timeout.min(Duration::from_secs(3600)), wake.notified()).await;
 }
+
+#[path = "driver_concurrent.rs"]
+mod concurrent;
+#[path = "driver_snapshot.rs"]
+mod snapshot;
+pub use concurrent::Report;
 
 #[cfg(test)]
 #[path = "driver_tests.rs"]

@@ -265,6 +265,7 @@ async fn run(
             }
             Action::Wait(dl) | Action::WaitWriter(dl) => wait(d.waker(), dl).await,
             Action::Done(r) => return r,
+            other => panic!("unexpected action in sequential mode: {other:?}"),
         }
     }
 }
@@ -686,6 +687,7 @@ async fn flush_runs_on_the_interval_and_on_stop() {
                 r.unwrap();
                 break;
             }
+            other => panic!("unexpected action {other:?}"),
         }
     }
     // ~6 interval flushes in 200 ms plus the final one
@@ -706,3 +708,9 @@ async fn invalid_config_is_refused() {
     );
     assert!(matches!(r, Err(Error::Config(_))));
 }
+
+#[path = "driver_concurrent_tests.rs"]
+mod concurrent;
+
+#[path = "driver_hardening_tests.rs"]
+mod hardening;

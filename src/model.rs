@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::lanes::checkpoint::{StoredPosition, COMPLETED_KEY, CURSOR_KEY};
+use crate::lanes::{LanesConfig, OnFailure};
 
 /// One notification from the stream, normalized.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,10 +133,21 @@ pub struct LoopConfig {
     pub buffer_size: usize,
     /// Most events handed to the processor in one batch.
     pub max_batch: usize,
-    /// Budget for the final flush + checkpoint write on stop.
+    /// Budget for the final flush + checkpoint write on stop (and for handlers in flight).
     pub stop_timeout: Duration,
     /// Read the stored checkpoint back now and then, and stop if another instance wrote it.
     pub detect_other_writers: bool,
+    /// Most events handled at once (keyed lanes; `1` = one at a time).
+    pub max_concurrency: usize,
+    /// Tries per event (`1` = no retry).
+    pub max_attempts: u32,
+    /// Backoff between tries of one event.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// An event that failed its last try: stop the run or skip it after the hook.
+    pub on_failure: OnFailure,
+    /// The processor computes lane keys itself (`key()` overridden): the driver asks for them.
+    pub custom_key: bool,
 }
 
 impl Default for LoopConfig {
@@ -158,6 +171,12 @@ impl Default for LoopConfig {
             max_batch: 512,
             stop_timeout: Duration::from_secs(5),
             detect_other_writers: true,
+            max_concurrency: 1,
+            max_attempts: 1,
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+            on_failure: OnFailure::Stop,
+            custom_key: false,
         }
     }
 }
@@ -186,7 +205,25 @@ impl LoopConfig {
                 "buffer_size and max_batch must be at least 1".into(),
             ));
         }
-        Ok(())
+        self.lanes_config().validate()
+    }
+
+    /// True when events run as tasks (keyed lanes, retries or skip); false for the default
+    /// configuration, which handles batches in stream order.
+    pub fn concurrent(&self) -> bool {
+        self.max_concurrency > 1 || self.max_attempts > 1 || self.on_failure != OnFailure::Stop
+    }
+
+    /// The lanes' settings; the window is the buffer's capacity.
+    pub fn lanes_config(&self) -> LanesConfig {
+        LanesConfig {
+            max_concurrency: self.max_concurrency,
+            max_attempts: self.max_attempts,
+            retry_min: self.retry_min,
+            retry_max: self.retry_max,
+            on_failure: self.on_failure,
+            max_window: self.buffer_size.max(1),
+        }
     }
 
     /// The subscription for a resume position.
@@ -237,11 +274,51 @@ pub trait CheckpointClient: Send + Sync {
 }
 
 /// The position a stored checkpoint resumes after: its `lastEventCursor`, when it is a
-/// non-empty string in a JSON object.
+/// non-empty string (or an integer, read as its decimal text) in a JSON object.
 pub fn resume_cursor(value: &serde_json::Value) -> Option<String> {
-    value
-        .get("lastEventCursor")
-        .and_then(|c| c.as_str())
-        .filter(|c| !c.is_empty())
-        .map(str::to_string)
+    match value.get(CURSOR_KEY) {
+        Some(serde_json::Value::String(c)) if !c.is_empty() => Some(c.clone()),
+        Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The runtime's position stored in a loaded checkpoint of `client_id`. `lastEventCursor` may be
+/// absent or null (no position), a non-empty string, or an integer (converted to its decimal
+/// text); anything else is refused naming the value, since ignoring it would silently move the
+/// run to `after_cursor`. `completedAboveWatermark` is read leniently (a malformed list only
+/// causes redos). A value that is not an object has no position.
+pub fn stored_position(client_id: &str, value: &serde_json::Value) -> Result<StoredPosition> {
+    use serde_json::Value;
+    let Some(obj) = value.as_object() else {
+        return Ok(StoredPosition::default());
+    };
+    let watermark = match obj.get(CURSOR_KEY) {
+        None | Some(Value::Null) => None,
+        Some(v) => match resume_cursor(value) {
+            Some(c) => Some(c),
+            None => {
+                let mut shown = v.to_string();
+                if shown.len() > 200 {
+                    let mut end = 200;
+                    while !shown.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    shown.truncate(end);
+                    shown.push_str("...");
+                }
+                return Err(Error::Config(format!(
+                    "the stored checkpoint of client_id={client_id} has {CURSOR_KEY} = {shown}: \
+                     expected a non-empty string cursor (or an integer), null or no key; fix or \
+                     delete the checkpoint"
+                )));
+            }
+        },
+    };
+    let mut position = crate::lanes::checkpoint::read_position(value);
+    position.watermark = watermark;
+    if obj.get(COMPLETED_KEY).is_none() {
+        position.completed.clear();
+    }
+    Ok(position)
 }

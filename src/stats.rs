@@ -41,6 +41,15 @@ pub struct Stats {
     /// Total handle time, and the slowest batch's mean time per event, in nanoseconds.
     pub handle_ns_total: AtomicU64,
     pub handle_ns_max: AtomicU64,
+    /// Keyed concurrency: handlers in progress, retries scheduled, events skipped after their
+    /// last try, and the contiguous watermark (the cursor the checkpoint may cover).
+    pub in_flight: AtomicU64,
+    /// Keyed concurrency: admitted events not done yet (queued in their lanes, in flight, or
+    /// waiting for a retry).
+    pub events_pending: AtomicU64,
+    pub retries: AtomicU64,
+    pub failed_events: AtomicU64,
+    pub watermark: Mutex<Option<String>>,
     phase: AtomicU8,
     pub last_cursor: Mutex<Option<String>>,
     pub last_checkpoint_at: Mutex<Option<SystemTime>>,
@@ -87,6 +96,19 @@ impl Stats {
                     s.push_str(cursor);
                 }
                 None => *c = Some(cursor.to_string()),
+            }
+        }
+    }
+
+    /// Stores the watermark (only called when it changed).
+    pub fn set_watermark(&self, cursor: Option<&str>) {
+        if let Ok(mut c) = self.watermark.lock() {
+            match (c.as_mut(), cursor) {
+                (Some(s), Some(w)) => {
+                    s.clear();
+                    s.push_str(w);
+                }
+                (_, w) => *c = w.map(str::to_string),
             }
         }
     }

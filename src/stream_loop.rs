@@ -251,7 +251,8 @@ async fn consume(
         if business_events == 1 && stats.phase() == StreamPhase::Connecting {
             stats.set_phase(StreamPhase::Streaming);
         }
-        if let Some(c) = &event.cursor {
+        // An event without a usable cursor never moves the resume position.
+        if let Some(c) = event.cursor.as_ref().filter(|c| !c.is_empty()) {
             match cursor {
                 Some(cur) => {
                     cur.clear();

@@ -41,13 +41,19 @@ def _config(field: str, value: object) -> Config:
         kw["reconnect_max"] = value  # keep max >= min: the range check is what must fail
     if field == "reconnect_max":
         kw["reconnect_min"] = DURATION_MIN
+    if field == "retry_min":
+        kw["retry_max"] = value
+    if field == "retry_max":
+        kw["retry_min"] = DURATION_MIN
     return Config(client_id="p", **kw)  # type: ignore[arg-type]
 
 
 def test_the_duration_and_size_settings_are_the_expected_ones() -> None:
-    assert CONFIG_DURATIONS == ["checkpoint_interval", "reconnect_min", "reconnect_max", "stop_timeout"]
+    assert CONFIG_DURATIONS == [
+        "checkpoint_interval", "reconnect_min", "reconnect_max", "stop_timeout", "retry_min", "retry_max",
+    ]
     assert CONNECTION_DURATIONS == ["keepalive_interval", "keepalive_timeout", "connect_timeout", "request_timeout"]
-    assert CONFIG_SIZES == ["checkpoint_every", "buffer_size", "max_batch"]
+    assert CONFIG_SIZES == ["checkpoint_every", "buffer_size", "max_batch", "max_concurrency", "max_attempts"]
 
 
 @pytest.mark.parametrize("value", HUGE_DURATIONS, ids=HUGE_IDS)

@@ -25,6 +25,8 @@ CONFIG_FIELDS = (
     "client_id", "kinds", "entry_channels", "entry_content_types", "entry_roles", "scope", "after_cursor",
     "justification", "checkpoint_interval", "checkpoint_every", "reconnect_min", "reconnect_max", "stale_cursor",
     "conversation_ids", "buffer_size", "max_batch", "stop_timeout", "detect_other_writers",
+    "max_concurrency", "max_attempts", "retry_min",
+    "retry_max", "on_failure",
 )
 CONNECTION_ATTRIBUTES = (
     "endpoint", "_api_key", "_bearer_token", "client_id", "tls_ca_file", "tls_server_name", "keepalive_interval",

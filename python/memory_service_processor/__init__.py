@@ -77,6 +77,6 @@ atexit.register(_native_module.quiesce)
 
 # A child forked after the native runtime started cannot use it (its threads stay in the
 # parent): every native entry point raises a RuntimeError saying so (docs/semantics.md,
-# section 15), and the child's exit must not wait for the parent's futures.
+# section 17), and the child's exit must not wait for the parent's futures.
 if hasattr(_os, "register_at_fork"):
     _os.register_at_fork(after_in_child=_native_module.after_fork_in_child)

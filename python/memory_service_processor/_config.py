@@ -31,6 +31,12 @@ from .errors import ConfigurationError
 
 __all__ = ["CONFIG_SETTINGS", "Config", "Duration", "parse_duration"]
 
+#: The largest ``max_concurrency``: far more handler tasks than one event loop can usefully run.
+MAX_CONCURRENCY_MAX = 100_000
+
+#: The largest ``max_attempts``.
+MAX_ATTEMPTS_MAX = 1_000_000
+
 #: The key of a field's :class:`Setting` in ``dataclasses.Field.metadata``.
 SETTING = "memory_service_processor.setting"
 
@@ -211,6 +217,40 @@ class Config:
             check_bool, metavar="{true,false}",
         ),
     )
+    max_concurrency: int = dataclasses.field(
+        default=1, metadata=_declare(
+            "int",
+            "most events handled at once; events with the same `key()` (default: the conversation) "
+            "never overlap and keep stream order. `1` handles one event at a time; above 1 "
+            "`handle` must be `async`",
+            check_count, metavar="N", maximum=MAX_CONCURRENCY_MAX,
+        ),
+    )
+    max_attempts: int = dataclasses.field(
+        default=1, metadata=_declare(
+            "int", "tries per event before it counts as failed (`1` = no retry)", check_count,
+            metavar="N", maximum=MAX_ATTEMPTS_MAX,
+        ),
+    )
+    retry_min: Duration = dataclasses.field(
+        default=1.0, metadata=_declare(
+            "duration", "first delay before retrying a failed event; doubles (with jitter) up to "
+            "`retry_max`", check_duration, metavar="DURATION",
+        ),
+    )
+    retry_max: Duration = dataclasses.field(
+        default=30.0, metadata=_declare(
+            "duration", "longest delay between tries of one event", check_duration, metavar="DURATION",
+        ),
+    )
+    on_failure: str = dataclasses.field(
+        default="stop", metadata=_declare(
+            "choice",
+            "an event that failed every try: `stop` (the run ends with its exception) or `skip` "
+            "(the processor's `on_failure(event, error)` hook is called once and the run goes on)",
+            None, choices=("stop", "skip"),
+        ),
+    )
 
     def __post_init__(self) -> None:
         for setting in CONFIG_SETTINGS:
@@ -219,6 +259,9 @@ class Config:
         low, high = _secs(self.reconnect_min), _secs(self.reconnect_max)
         if high < low:
             raise ConfigurationError(f"reconnect_max ({high}s) must be at least reconnect_min ({low}s)")
+        low, high = _secs(self.retry_min), _secs(self.retry_max)
+        if high < low:
+            raise ConfigurationError(f"retry_max ({high}s) must be at least retry_min ({low}s)")
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some fields changed (validated again)."""

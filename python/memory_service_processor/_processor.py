@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Awaitable, Optional, Union
 
+from . import payload as _payload
 from ._model import EventEnvelope
 
 __all__ = ["EventProcessor"]
+
+log = logging.getLogger("memory_service_processor")
 
 
 class EventProcessor:
@@ -17,8 +21,11 @@ class EventProcessor:
     call ``super().handle(event)`` (or set ``self.last_event_cursor`` themselves) keep the
     resume position right. ``handle`` and ``flush`` may be plain methods or coroutines.
 
-    The runtime calls every method on the event loop thread that awaits ``Runtime.run()``,
-    one at a time, events in stream order.
+    The runtime calls every method on the event loop thread that awaits ``Runtime.run()``.
+    With the default ``max_concurrency=1`` events arrive one at a time in stream order; with
+    more, ``handle`` calls of events with the same :meth:`key` never overlap and keep stream
+    order, and a handler should change its state only after its last ``await`` (see the
+    README's "Concurrency" section).
     """
 
     #: Override or set as a class attribute: identifies the checkpoint format.
@@ -41,8 +48,29 @@ class EventProcessor:
             self.last_event_cursor = cursor if isinstance(cursor, str) and cursor else None
 
     def handle(self, event: EventEnvelope) -> Union[None, Awaitable[None]]:
-        """Process one event. The default only records its cursor."""
-        self.last_event_cursor = event.cursor
+        """Process one event. The default only records its cursor (an event without a cursor
+        leaves it unchanged)."""
+        if event.cursor:
+            self.last_event_cursor = event.cursor
+        return None
+
+    def key(self, event: EventEnvelope) -> Optional[str]:
+        """The lane of an event: events with the same key are handled one at a time, in
+        stream order; events with different keys may overlap (``max_concurrency > 1``).
+        ``None`` is one shared lane. Default: the event's conversation (summary
+        ``conversation``, full ``conversationId``, a full conversation's ``id``), else its
+        conversation group, else ``None``, exactly :func:`memory_service_processor.payload.default_key`
+        (computed natively unless this method is overridden)."""
+        return _payload.default_key(event)
+
+    def on_failure(self, event: EventEnvelope, error: BaseException) -> Union[None, Awaitable[None]]:
+        """Called once for an event given up on after its last try with
+        ``on_failure="skip"``; the event then counts as done. If this raises, the run stops
+        with that exception. The default logs a warning."""
+        log.warning(
+            "giving up on the event at cursor %s (%s %s): %s: %s",
+            event.cursor, event.kind, event.event, type(error).__name__, error,
+        )
         return None
 
     def snapshot(self) -> Any:
@@ -58,3 +86,12 @@ class EventProcessor:
     def flush(self) -> Union[None, Awaitable[None]]:
         """Called every ``checkpoint_interval`` and on stop, before the checkpoint is saved."""
         return None
+
+
+def has_custom_key(processor: Any) -> bool:
+    """True when ``processor`` computes lane keys itself: it has a callable ``key`` other than
+    :meth:`EventProcessor.key` (the default, computed natively)."""
+    key = getattr(processor, "key", None)
+    if not callable(key):
+        return False
+    return getattr(key, "__func__", None) is not EventProcessor.key

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
 import socket
 import threading
-from typing import Any, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from . import _native
 from ._clients import ConnectionOptions, GrpcCheckpointClient, GrpcEventClient
-from ._config import Config, Duration
+from ._config import Config, Duration, _secs
+from ._processor import EventProcessor, has_custom_key
 from ._stats import Stats, initial_stats
 from .errors import ConfigurationError
 
@@ -48,6 +50,22 @@ def _submit_snapshot(driver: "_native.Driver", processor: Any, text: str) -> Non
         raise ValueError(f"{type(processor).__name__}.snapshot() returned a value no checkpoint can hold: {e}") from None
 
 
+def _is_async(fn: Any) -> bool:
+    """True for a coroutine function (or an object whose ``__call__`` is one)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def _checked_key(processor: Any, key: Any, event: Any) -> Optional[str]:
+    """``processor.key(event)``, which must be a ``str`` or ``None``."""
+    k = key(event)
+    if k is None or isinstance(k, str):
+        return k
+    raise TypeError(
+        f"{type(processor).__name__}.key() must return a str or None, got {type(k).__name__} "
+        f"for the event at cursor {event.cursor!r}"
+    )
+
+
 class _Waker:
     """Waits for the core's wake-up byte on a socket, or a timeout."""
 
@@ -63,6 +81,10 @@ class _Waker:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        self._release()
+
+    def release(self) -> None:
+        """Ends a pending :meth:`wait` early (a no-op when nothing waits)."""
         self._release()
 
     def _release(self) -> None:
@@ -94,10 +116,12 @@ class Runtime:
     (``tls_ca_file``, ``keepalive_interval``, ``max_message_size``, ...) are those of
     :class:`ConnectionOptions`.
 
-    Guarantees: events reach the processor one at a time in stream order; all processor
-    methods run on the event loop thread that awaits :meth:`run`; a checkpoint is never
-    written ahead of what was handled; a processor exception stops the run and propagates
-    unchanged, with nothing more written.
+    Guarantees: with the default ``max_concurrency=1`` events reach the processor one at a
+    time in stream order; with more, events of one ``key()`` still never overlap and keep stream
+    order while up to ``max_concurrency`` run at once (``handle`` must then be ``async``). All
+    processor methods run on the event loop thread that awaits :meth:`run`; a checkpoint never
+    covers an event whose handling has not completed; a processor exception stops the run and
+    propagates unchanged, with nothing more written.
     """
 
     def __init__(
@@ -123,6 +147,12 @@ class Runtime:
         missing = [m for m in _REQUIRED if not callable(getattr(processor, m, None))]
         if missing:
             raise TypeError(f"{type(processor).__name__} is not an event processor: missing {', '.join(missing)}()")
+        if config.max_concurrency > 1 and not _is_async(processor.handle):
+            raise ConfigurationError(
+                f"{type(processor).__name__}.handle is not async: with max_concurrency="
+                f"{config.max_concurrency} handlers must overlap, which a plain function cannot "
+                "do on one event loop; make handle an `async def` (or use max_concurrency=1)"
+            )
         self.processor = processor
         self.config = config
         self._options: Optional[ConnectionOptions] = None
@@ -197,7 +227,11 @@ class Runtime:
         return events, checkpoints
 
     async def run(self) -> None:
-        """Runs until :meth:`stop` or cancellation, then returns normally.
+        """Runs until :meth:`stop` (then returns normally) or cancellation.
+
+        Cancellation stops gracefully too (no new events, the handlers in flight finish, flush,
+        final checkpoint) and then re-raises :class:`asyncio.CancelledError`, so
+        ``asyncio.wait_for``, ``asyncio.timeout`` and task groups work as usual.
 
         Raises the processor's exception if one of its methods fails, or a
         :class:`~memory_service_processor.MemoryServiceProcessorError` for a fatal server or
@@ -239,6 +273,7 @@ class Runtime:
                 checkpoints=checkpoints,
                 content_type=content_type,
                 config=self.config,
+                custom_key=has_custom_key(processor),
             )
         finally:
             wake_w.close()  # the driver keeps its own duplicate
@@ -256,7 +291,7 @@ class Runtime:
             loaded = await driver.load()
         except asyncio.CancelledError:
             driver.abort()
-            return
+            raise
         except Exception:
             if driver.stop_requested():
                 # stop() while the server was still unreachable: nothing was handled.
@@ -264,24 +299,38 @@ class Runtime:
                 return
             raise
         if loaded.text is not None:
-            processor.load(json.loads(loaded.text))
+            try:
+                r = processor.load(json.loads(loaded.text))
+                if r is not None and inspect.isawaitable(r):
+                    await r
+            except BaseException:
+                driver.abort()
+                raise
         driver.start(loaded)
         log.info("processor %s started", self.config.client_id, extra={"client_id": self.config.client_id})
         loop = asyncio.get_running_loop()
         waker = _Waker(loop, wake_r)
         try:
-            await self._loop(driver, processor, waker)
+            if driver.is_concurrent():
+                cancelled = await self._loop_concurrent(driver, processor, waker)
+            else:
+                cancelled = await self._loop(driver, processor, waker)
         finally:
             waker.close()
+        if cancelled:
+            # The graceful stop is done (final checkpoint written); cancellation stays
+            # cancellation for whoever awaits run().
+            raise asyncio.CancelledError()
 
     def _cancelled(self, driver: "_native.Driver") -> None:
-        """Cancellation between events is a graceful stop: flush, final checkpoint, return."""
+        """Cancellation between events is a graceful stop: flush, final checkpoint, then
+        ``CancelledError`` is raised again."""
         log.info("run of %s cancelled: stopping gracefully", self.config.client_id)
         driver.stop()
 
-    async def _loop(self, driver: "_native.Driver", processor: Any, waker: "_Waker") -> None:
+    async def _loop(self, driver: "_native.Driver", processor: Any, waker: "_Waker") -> bool:
         """Executes the driver's actions until ``Action.Done`` (the hot path: one iteration per
-        batch; the actions are compared by identity)."""
+        batch; the actions are compared by identity). True when the run was cancelled."""
         handle = processor.handle
         flush = getattr(processor, "flush", None)
         snapshot = processor.snapshot
@@ -300,6 +349,7 @@ class Runtime:
             Action.Wait,
             Action.Done,
         )
+        cancelled = False
         try:
             while True:
                 action, payload = next_action()
@@ -318,11 +368,13 @@ class Runtime:
                         await sleep(0)
                     except asyncio.CancelledError:
                         self._cancelled(driver)
+                        cancelled = True
                 elif action is WAIT:
                     try:
                         await waker.wait(payload)
                     except asyncio.CancelledError:
                         self._cancelled(driver)
+                        cancelled = True
                 elif action is SNAPSHOT:
                     _submit_snapshot(driver, processor, _encode_snapshot(processor, snapshot()))
                 elif action is FLUSH:
@@ -331,6 +383,13 @@ class Runtime:
                         if r is not None and isawaitable(r):
                             await r
                     driver.flushed()
+                    # A slow (or sync) flush must not starve the event loop: signal handlers
+                    # (SIGTERM -> stop) and other tasks run before the next action.
+                    try:
+                        await sleep(0)
+                    except asyncio.CancelledError:
+                        self._cancelled(driver)
+                        cancelled = True
                 elif action is SIGNAL:
                     if hook is not None:
                         r = hook(payload)
@@ -338,7 +397,172 @@ class Runtime:
                             await r
                 elif action is DONE:
                     log.info("processor %s stopped", self.config.client_id, extra={"client_id": self.config.client_id})
-                    return
+                    return cancelled
         except BaseException:
             driver.abort()
             raise
+
+    async def _loop_concurrent(self, driver: "_native.Driver", processor: Any, waker: "_Waker") -> bool:
+        """Concurrent mode: one asyncio task per started event; the outcomes since the last
+        iteration go back with the next ``next_action`` call (one crossing per iteration, not
+        per event). True when the run was cancelled.
+
+        A task records its completion in the same step in which the handler returns (no
+        ``await`` in between), and ``snapshot()`` is called right after the ``next_action``
+        that carried the completions: the completed set stored with a snapshot is exactly the
+        set whose effects the snapshot can contain."""
+        handle = processor.handle
+        flush = getattr(processor, "flush", None)
+        snapshot = processor.snapshot
+        hook = getattr(processor, "on_stream_event", None)
+        on_failure = getattr(processor, "on_failure", None)
+        if not callable(on_failure):
+            on_failure = functools.partial(EventProcessor.on_failure, processor)
+        key = getattr(processor, "key", None) if has_custom_key(processor) else None
+        async_handle = _is_async(handle)
+        isawaitable = inspect.isawaitable
+        loop = asyncio.get_running_loop()
+        release = waker.release
+        next_action = driver.next_action
+        Action = _native.Action
+        START, WAIT, KEYS, SNAPSHOT, FLUSH, SIGNAL, ON_FAILURE, CANCEL, FAILED, DONE = (
+            Action.Start, Action.Wait, Action.Keys, Action.Snapshot, Action.Flush, Action.Signal,
+            Action.OnFailure, Action.Cancel, Action.Failed, Action.Done,
+        )
+        done: List[int] = []
+        failed: List[int] = []
+        errors: Dict[int, BaseException] = {}
+        failed_events: Dict[int, Any] = {}
+        tasks: Dict[int, "asyncio.Task[None]"] = {}
+        cancelling: Set[int] = set()
+        abandoned: Set[int] = set()
+        fatal: List[BaseException] = []
+
+        async def run_one(seq: int, event: Any) -> None:
+            try:
+                if async_handle:
+                    await handle(event)
+                else:
+                    r = handle(event)
+                    if r is not None and isawaitable(r):
+                        await r
+            except asyncio.CancelledError:
+                if seq in cancelling:
+                    raise
+                # Cancelled from inside the handler, not by the stop: a failed try.
+                errors[seq] = asyncio.CancelledError(f"handler of the event at cursor {event.cursor!r} was cancelled")
+                failed_events[seq] = event
+                failed.append(seq)
+            except BaseException as e:
+                if seq not in abandoned:
+                    errors[seq] = e
+                    failed_events[seq] = event
+                    failed.append(seq)
+                    if not isinstance(e, Exception):
+                        fatal.append(e)
+            else:
+                if seq not in abandoned:
+                    done.append(seq)  # the same step as the handler's return
+            finally:
+                tasks.pop(seq, None)
+                release()
+
+        cancelled = False
+        keys: Optional[List[Optional[str]]] = None
+        cancel_out: Optional[List[int]] = None
+        try:
+            while True:
+                if fatal:
+                    raise fatal[0]
+                d: Optional[List[int]] = None
+                f: Optional[List[int]] = None
+                if done:
+                    d, done = done, []
+                if failed:
+                    f, failed = failed, []
+                action, payload = next_action(d, f, cancel_out, keys)
+                keys = None
+                cancel_out = None
+                if action is START:
+                    for seq, _attempt, event in payload:
+                        tasks[seq] = loop.create_task(run_one(seq, event))
+                elif action is WAIT:
+                    if done or failed:
+                        continue
+                    try:
+                        await waker.wait(payload)
+                    except asyncio.CancelledError:
+                        self._cancelled(driver)
+                        cancelled = True
+                elif action is KEYS:
+                    keys = [_checked_key(processor, key, event) for event in payload]
+                elif action is SNAPSHOT:
+                    _submit_snapshot(driver, processor, _encode_snapshot(processor, snapshot()))
+                elif action is FLUSH:
+                    if flush is not None:
+                        r = flush()
+                        if r is not None and isawaitable(r):
+                            await r
+                    driver.flushed()
+                    try:
+                        await asyncio.sleep(0)
+                    except asyncio.CancelledError:
+                        self._cancelled(driver)
+                        cancelled = True
+                elif action is ON_FAILURE:
+                    event, error = failed_events.pop(payload), errors.pop(payload)
+                    r = on_failure(event, error)
+                    if r is not None and isawaitable(r):
+                        await r
+                    done.append(payload)
+                elif action is CANCEL:
+                    cancel_out = await self._cancel(payload, tasks, cancelling, abandoned)
+                elif action is FAILED:
+                    failed_events.pop(payload, None)
+                    raise errors.pop(payload)
+                elif action is SIGNAL:
+                    if hook is not None:
+                        r = hook(payload)
+                        if r is not None and isawaitable(r):
+                            await r
+                elif action is DONE:
+                    log.info("processor %s stopped", self.config.client_id, extra={"client_id": self.config.client_id})
+                    return cancelled
+        except BaseException:
+            driver.abort()
+            for t in tasks.values():
+                t.cancel()
+            raise
+
+    async def _cancel(
+        self,
+        seqs: List[int],
+        tasks: Dict[int, "asyncio.Task[None]"],
+        cancelling: Set[int],
+        abandoned: Set[int],
+    ) -> List[int]:
+        """Stop timeout passed: cancels the tasks of ``seqs``, awaits them (bounded) and
+        returns those that did not finish (redone next run); the others reported themselves."""
+        waiting: Dict[int, "asyncio.Task[None]"] = {}
+        for seq in seqs:
+            t = tasks.get(seq)
+            if t is not None:
+                cancelling.add(seq)
+                t.cancel()
+                waiting[seq] = t
+        if waiting:
+            budget = max(1.0, _secs(self.config.stop_timeout))
+            await asyncio.wait(list(waiting.values()), timeout=budget)
+        out = []
+        for seq in seqs:
+            t = waiting.get(seq)
+            if t is None:
+                continue  # finished before the cancellation: already reported
+            if t.cancelled():
+                out.append(seq)
+            elif not t.done():
+                abandoned.add(seq)  # ignores its cancellation: its outcome no longer counts
+                log.warning("a handler ignored its cancellation at stop; its event is redone next run")
+                out.append(seq)
+            # else it finished anyway and reported itself as done or failed
+        return out

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 
 use super::errors::config_error;
 use crate::grpc::ConnectOptions;
+use crate::lanes::OnFailure;
 use crate::model::{LoopConfig, Scope, StalePolicy, SubscribeRequest};
 
 /// A positive, finite number of seconds.
@@ -90,6 +91,25 @@ pub struct DriverConfig {
     stop_timeout: f64,
     #[pyo3(attribute)]
     detect_other_writers: bool,
+    #[pyo3(attribute)]
+    max_concurrency: usize,
+    #[pyo3(attribute)]
+    max_attempts: u32,
+    #[pyo3(attribute)]
+    retry_min: f64,
+    #[pyo3(attribute)]
+    retry_max: f64,
+    #[pyo3(attribute)]
+    on_failure: String,
+}
+
+/// The one parser of `on_failure`.
+fn on_failure(text: &str) -> PyResult<OnFailure> {
+    OnFailure::parse(text).ok_or_else(|| {
+        config_error(format!(
+            "on_failure must be \"stop\" or \"skip\", got {text:?}"
+        ))
+    })
 }
 
 impl DriverConfig {
@@ -114,6 +134,12 @@ impl DriverConfig {
             max_batch: self.max_batch,
             stop_timeout: secs(self.stop_timeout, "stop_timeout")?,
             detect_other_writers: self.detect_other_writers,
+            max_concurrency: self.max_concurrency,
+            max_attempts: self.max_attempts,
+            retry_min: secs(self.retry_min, "retry_min")?,
+            retry_max: secs(self.retry_max, "retry_max")?,
+            on_failure: on_failure(&self.on_failure)?,
+            custom_key: false,
         })
     }
 }

@@ -36,13 +36,25 @@ pub enum Action {
     Wait,
     /// The run is over.
     Done,
+    /// Concurrent mode. Payload: a list of `EventEnvelope`s; compute their keys and pass them
+    /// (a list, in order) as `keys=` to the next `next_action()`.
+    Keys,
+    /// Concurrent mode. Payload: a list of `(seq, attempt, EventEnvelope)`: start one task each
+    /// and report its outcome under `seq`.
+    Start,
+    /// Concurrent mode. Payload: the `seq` whose `on_failure` hook to call; then report it done.
+    OnFailure,
+    /// Concurrent mode. Payload: the `seq`s to cancel; report each as done or cancelled.
+    Cancel,
+    /// Concurrent mode. Payload: the `seq` that failed its last try: raise its error.
+    Failed,
 }
 
 /// The variant objects of `Action` as stored on the class, fetched once.
-static ACTIONS: PyOnceLock<[Py<PyAny>; 6]> = PyOnceLock::new();
+static ACTIONS: PyOnceLock<[Py<PyAny>; 11]> = PyOnceLock::new();
 
 fn action_object(py: Python<'_>, action: Action) -> PyResult<Py<PyAny>> {
-    let all = ACTIONS.get_or_try_init(py, || -> PyResult<[Py<PyAny>; 6]> {
+    let all = ACTIONS.get_or_try_init(py, || -> PyResult<[Py<PyAny>; 11]> {
         let class = py.get_type::<Action>();
         let get = |name: &str| class.getattr(name).map(Bound::unbind);
         Ok([
@@ -52,6 +64,11 @@ fn action_object(py: Python<'_>, action: Action) -> PyResult<Py<PyAny>> {
             get("Snapshot")?,
             get("Wait")?,
             get("Done")?,
+            get("Keys")?,
+            get("Start")?,
+            get("OnFailure")?,
+            get("Cancel")?,
+            get("Failed")?,
         ])
     })?;
     Ok(all[action as usize].clone_ref(py))
@@ -86,8 +103,10 @@ fn wake_socket(wake_fd: i32) -> PyResult<std::os::unix::net::UnixStream> {
 #[pymethods]
 impl Driver {
     /// `config` is the Python `Config`; wake-ups reach Python as a byte on `wake_fd`.
+    /// `custom_key`: the processor computes lane keys itself (concurrent mode asks with
+    /// `Action.Keys`).
     #[new]
-    #[pyo3(signature = (*, wake_fd, events, checkpoints, content_type, config))]
+    #[pyo3(signature = (*, wake_fd, events, checkpoints, content_type, config, custom_key=false))]
     fn new(
         py: Python<'_>,
         wake_fd: i32,
@@ -95,8 +114,10 @@ impl Driver {
         checkpoints: &Bound<'_, PyAny>,
         content_type: String,
         config: DriverConfig,
+        custom_key: bool,
     ) -> PyResult<Self> {
-        let cfg = config.into_loop_config()?;
+        let mut cfg = config.into_loop_config()?;
+        cfg.custom_key = custom_key;
         let client_id = cfg.client_id.clone();
         let events = event_client(py, events)?;
         let checkpoints = checkpoint_client(py, checkpoints)?;
@@ -140,21 +161,65 @@ impl Driver {
         lock(&self.inner).start(cp.as_ref()).map_err(to_py_err)
     }
 
-    /// `(action, payload)`: see `Action`. Raises the run's error at the end.
-    fn next_action(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
-        let step = lock(&self.inner).next_action(Instant::now());
+    /// `(action, payload)`: see `Action`. Raises the run's error at the end. In concurrent
+    /// mode the outcomes since the last call come with it: `done`, `failed`, `cancelled`
+    /// (lists of `seq`s) and `keys` (answering `Action.Keys`).
+    #[pyo3(signature = (done=None, failed=None, cancelled=None, keys=None))]
+    fn next_action(
+        &self,
+        py: Python<'_>,
+        done: Option<Vec<u64>>,
+        failed: Option<Vec<u64>>,
+        cancelled: Option<Vec<u64>>,
+        keys: Option<Vec<Option<String>>>,
+    ) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        let step = {
+            let mut inner = lock(&self.inner);
+            let now = Instant::now();
+            if done.is_some() || failed.is_some() || cancelled.is_some() || keys.is_some() {
+                let report = driver::Report {
+                    done: done.unwrap_or_default(),
+                    failed: failed.unwrap_or_default(),
+                    cancelled: cancelled.unwrap_or_default(),
+                    keys,
+                };
+                if let Err(e) = inner.report(now, report) {
+                    inner.abort();
+                    return Err(to_py_err_in(py, e));
+                }
+            }
+            inner.next_action(now)
+        };
+        let envelope = |e| Py::new(py, EventEnvelope::from_event(e));
         let (action, payload) = match step {
             driver::Action::Handle(batch) => {
-                let items: Vec<Py<EventEnvelope>> = batch
-                    .into_iter()
-                    .map(|e| Py::new(py, EventEnvelope::from_event(e)))
-                    .collect::<PyResult<_>>()?;
+                let items: Vec<Py<EventEnvelope>> =
+                    batch.into_iter().map(envelope).collect::<PyResult<_>>()?;
                 (Action::Handle, PyList::new(py, items)?.into_any().unbind())
             }
-            driver::Action::Signal(e) => (
-                Action::Signal,
-                Py::new(py, EventEnvelope::from_event(e))?.into_any(),
+            driver::Action::Keys(batch) => {
+                let items: Vec<Py<EventEnvelope>> =
+                    batch.into_iter().map(envelope).collect::<PyResult<_>>()?;
+                (Action::Keys, PyList::new(py, items)?.into_any().unbind())
+            }
+            driver::Action::Start(starts) => {
+                let items: Vec<(u64, u32, Py<EventEnvelope>)> = starts
+                    .into_iter()
+                    .map(|(seq, attempt, e)| Ok((seq, attempt, envelope(e)?)))
+                    .collect::<PyResult<_>>()?;
+                (Action::Start, PyList::new(py, items)?.into_any().unbind())
+            }
+            driver::Action::OnFailure(seq) => (
+                Action::OnFailure,
+                seq.into_pyobject(py)?.into_any().unbind(),
             ),
+            driver::Action::Cancel(seqs) => {
+                (Action::Cancel, PyList::new(py, seqs)?.into_any().unbind())
+            }
+            driver::Action::Failed(seq) => {
+                (Action::Failed, seq.into_pyobject(py)?.into_any().unbind())
+            }
+            driver::Action::Signal(e) => (Action::Signal, envelope(e)?.into_any()),
             driver::Action::Flush => (Action::Flush, py.None()),
             driver::Action::Snapshot => (Action::Snapshot, py.None()),
             driver::Action::Wait(deadline) | driver::Action::WaitWriter(deadline) => {
@@ -167,6 +232,11 @@ impl Driver {
             driver::Action::Done(Err(e)) => return Err(to_py_err_in(py, e)),
         };
         Ok((action_object(py, action)?, payload))
+    }
+
+    /// True when events run as tasks (`Action.Start`), false for batches (`Action.Handle`).
+    fn is_concurrent(&self) -> bool {
+        lock(&self.inner).is_concurrent()
     }
 
     /// The batch from the last `Action.Handle` was handled.
@@ -231,8 +301,20 @@ impl Driver {
         d.set_item("handle_seconds_mean", mean)?;
         let max = Stats::get(&st.handle_ns_max) as f64 / 1e9;
         d.set_item("handle_seconds_max", max)?;
+        d.set_item("in_flight", Stats::get(&st.in_flight))?;
+        d.set_item("events_pending", Stats::get(&st.events_pending))?;
+        d.set_item("retries", Stats::get(&st.retries))?;
+        d.set_item("failed_events", Stats::get(&st.failed_events))?;
+        d.set_item("watermark", lock(&st.watermark).clone())?;
         Ok(d)
     }
+}
+
+/// The default lane key of an event of `kind` with payload `data` (what the driver computes
+/// natively; `payload.default_key` must give the same answers).
+#[pyfunction]
+pub fn default_key(kind: &str, data: &[u8]) -> Option<String> {
+    crate::payload::default_key(kind, data)
 }
 
 /// What `Driver.load()` resolved to: `text` is the stored value as JSON (None on a first run).

@@ -24,7 +24,7 @@ pub fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
 /// forever. The runtime cannot be rebuilt there (the clients, servers and drivers created
 /// before the fork point into the parent's), so each native entry point raises this error
 /// instead, on first use. Records the current process as the runtime's on the first call
-/// (docs/semantics.md, section 15).
+/// (docs/semantics.md, section 17).
 pub fn check_fork() -> PyResult<()> {
     let me = std::process::id();
     match STARTED_IN.compare_exchange(0, me, SeqCst, SeqCst) {

@@ -36,7 +36,6 @@ use std::time::Instant;
 use crate::error::{Error, Result};
 
 pub mod checkpoint;
-pub mod key;
 pub mod retry;
 mod types;
 
@@ -168,6 +167,11 @@ impl<T> Lanes<T> {
             free
         };
         window_room.min(bound_room)
+    }
+
+    /// True while loaded completed cursors wait to be seen again.
+    pub fn has_carried(&self) -> bool {
+        !self.carried.is_empty()
     }
 
     /// True when the cursor is in the loaded completed set and not admitted yet; admitting it
@@ -514,6 +518,11 @@ impl<T> Lanes<T> {
             completed_above: self.completed_count(),
             window: self.window.len(),
             waiting_retry: self.waiting.len(),
+            unfinished: self
+                .window
+                .iter()
+                .filter(|s| s.state != State::Done)
+                .count(),
         }
     }
 }

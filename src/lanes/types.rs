@@ -123,4 +123,6 @@ pub struct LanesStats {
     pub window: usize,
     /// Events waiting for a retry delay.
     pub waiting_retry: usize,
+    /// Admitted events not done yet (pending, in flight, waiting for a retry or a hook).
+    pub unfinished: usize,
 }

@@ -230,6 +230,7 @@ async fn the_loop_resumes_exactly_after_a_restart() {
                     r.unwrap();
                     break;
                 }
+                other => panic!("unexpected action {other:?}"),
             }
         }
         let (_, v, _) = s.get_checkpoint("rust-loop").unwrap();

@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from .._config import Config
 from .._model import Checkpoint, EventEnvelope
@@ -252,9 +252,22 @@ class ProcessorRun:
                 self._live_seen = True
                 self._check()
 
+    def _concurrent(self) -> bool:
+        """Events complete out of order (concurrency, retries or skip): a target counts as
+        handled once the runtime's watermark reached it."""
+        c = self.config
+        return c.max_concurrency > 1 or c.max_attempts > 1 or c.on_failure != "stop"
+
     def _satisfied(self, target: Optional[str], live_ok: bool) -> bool:
         if live_ok and self._live_seen:
-            return True
+            if not self._concurrent():
+                return True
+            # The live signal follows every replayed event in the stream, but with concurrency
+            # those events may still be queued or in flight: wait until none is left.
+            stats = self.runtime.stats()
+            return stats["buffer_depth"] == 0 and stats["events_pending"] == 0 and stats["in_flight"] == 0
+        if target is not None and self._concurrent():
+            return _reached(self.runtime.stats()["watermark"], target)
         return target is not None and _reached(self._last_cursor, target)
 
     def _check(self) -> None:
@@ -309,7 +322,17 @@ class ProcessorRun:
         fut: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
         self._waiters.append((target, live_ok, fut))
         try:
-            done, _ = await asyncio.wait({fut, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if self._concurrent():
+                # The watermark moves after the handlers return: poll it.
+                deadline = asyncio.get_running_loop().time() + timeout
+                done: "Set[asyncio.Future[Any]]" = set()
+                while not done and asyncio.get_running_loop().time() < deadline:
+                    done, _ = await asyncio.wait({fut, self._task}, timeout=0.01, return_when=asyncio.FIRST_COMPLETED)
+                    self._check()
+                    if fut.done():
+                        done = {fut}
+            else:
+                done, _ = await asyncio.wait({fut, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not fut.done():
                 fut.cancel()
