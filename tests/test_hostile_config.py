@@ -14,6 +14,7 @@ from memory_service_processor._cli.options import markdown_tables
 from memory_service_processor._config import CONFIG_SETTINGS
 from memory_service_processor._connection import CONNECTION_SETTINGS
 from memory_service_processor._settings import (
+    BUFFER_BYTES_MAX,
     CLIENT_ID_MAX_BYTES,
     COUNTER_MAX,
     DURATION_MAX,
@@ -47,7 +48,7 @@ def _config(field: str, value: object) -> Config:
 def test_the_duration_and_size_settings_are_the_expected_ones() -> None:
     assert CONFIG_DURATIONS == ["checkpoint_interval", "reconnect_min", "reconnect_max", "stop_timeout"]
     assert CONNECTION_DURATIONS == ["keepalive_interval", "keepalive_timeout", "connect_timeout", "request_timeout"]
-    assert CONFIG_SIZES == ["checkpoint_every", "buffer_size", "max_batch"]
+    assert CONFIG_SIZES == ["checkpoint_every", "buffer_size", "buffer_bytes", "max_batch"]
 
 
 @pytest.mark.parametrize("value", HUGE_DURATIONS, ids=HUGE_IDS)
@@ -89,7 +90,13 @@ def test_the_duration_limits_themselves_are_accepted(field: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "field, maximum", [("checkpoint_every", COUNTER_MAX), ("buffer_size", EVENT_COUNT_MAX), ("max_batch", EVENT_COUNT_MAX)]
+    "field, maximum",
+    [
+        ("checkpoint_every", COUNTER_MAX),
+        ("buffer_size", EVENT_COUNT_MAX),
+        ("buffer_bytes", BUFFER_BYTES_MAX),
+        ("max_batch", EVENT_COUNT_MAX),
+    ],
 )
 def test_sizes_have_a_maximum(field: str, maximum: int) -> None:
     assert getattr(Config(client_id="p", **{field: maximum}), field) == maximum
