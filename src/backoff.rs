@@ -1,8 +1,18 @@
 //! Exponential reconnect delays between `min` and `max`, with jitter (built on `backon`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+/// `now + d` for a timer, never a panic: when the sum overflows the platform's `Instant`, a
+/// far-future instant instead (about 30 years, else one year, else `now`).
+pub fn deadline_after(now: Instant, d: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(YEAR * 30))
+        .or_else(|| now.checked_add(YEAR))
+        .unwrap_or(now)
+}
 
 pub struct Backoff {
     min: Duration,
@@ -77,6 +87,19 @@ mod tests {
         assert_eq!(d, vec![100, 200, 400, 500, 500]);
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let now = Instant::now();
+        assert_eq!(
+            deadline_after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        let far = deadline_after(now, Duration::MAX);
+        assert!(far > now + Duration::from_secs(86_400 * 300), "{far:?}");
+        let d = Duration::try_from_secs_f64(1.5e19).unwrap_or(Duration::MAX);
+        assert!(deadline_after(now, d) >= now);
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! The producer pushes one event at a time (waiting when full: backpressure); the consumer
 //! takes whatever is ready, up to a bound, under one lock. The consumer is only woken when it
 //! said it is waiting, so a busy consumer costs the producer no wake-ups at all.
+//!
+//! The buffer is bounded twice: in events (`buffer_size`) and in bytes (`buffer_bytes`, the sum
+//! of the payloads plus a fixed per-event overhead). The producer waits when either bound is
+//! reached, except that an empty buffer always admits one event, however large, so an event
+//! bigger than the whole byte budget still gets through (alone) and progress never stops
+//! (docs/semantics.md, section 9).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,8 +33,23 @@ pub enum Taken {
     Ended(Option<Error>),
 }
 
+/// What one buffered event is counted as, besides its payload: the struct, its strings and the
+/// queue slot, roughly.
+const EVENT_OVERHEAD: usize = 128;
+
+/// The bytes one event holds while buffered.
+pub fn event_bytes(ev: &Event) -> usize {
+    EVENT_OVERHEAD
+        .saturating_add(ev.data.len())
+        .saturating_add(ev.event.len())
+        .saturating_add(ev.kind.len())
+        .saturating_add(ev.cursor.as_ref().map_or(0, String::len))
+}
+
 struct Inner {
     queue: VecDeque<Event>,
+    /// Sum of [`event_bytes`] over `queue`.
+    bytes: usize,
     consumer_waiting: bool,
     producer_waiting: bool,
     ended: Option<Option<Error>>,
@@ -37,21 +58,31 @@ struct Inner {
 pub struct Buffer {
     inner: Mutex<Inner>,
     capacity: usize,
+    max_bytes: usize,
     space: Notify,
     wake: Arc<Wake>,
 }
 
 impl Buffer {
-    /// `wake` is the consumer's wake-up (shared with the writer and stop).
+    /// `wake` is the consumer's wake-up (shared with the writer and stop). Bounded in events
+    /// only; see [`Buffer::with_byte_budget`].
     pub fn new(capacity: usize, wake: Arc<Wake>) -> Buffer {
+        Self::with_byte_budget(capacity, usize::MAX, wake)
+    }
+
+    /// A buffer of at most `capacity` events and `max_bytes` bytes (an event larger than
+    /// `max_bytes` is still admitted into an empty buffer).
+    pub fn with_byte_budget(capacity: usize, max_bytes: usize, wake: Arc<Wake>) -> Buffer {
         Buffer {
             inner: Mutex::new(Inner {
                 queue: VecDeque::with_capacity(capacity.min(65_536)),
+                bytes: 0,
                 consumer_waiting: false,
                 producer_waiting: false,
                 ended: None,
             }),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
             space: Notify::new(),
             wake,
         }
@@ -65,13 +96,18 @@ impl Buffer {
 
     /// Adds an event, waiting while the buffer is full. Returns false if cancelled first.
     pub async fn push(&self, event: Event, cancel: &CancellationToken) -> bool {
+        let size = event_bytes(&event);
         let mut event = Some(event);
         loop {
             {
                 let mut inner = self.lock();
-                if inner.queue.len() < self.capacity {
+                let fits = inner.queue.is_empty()
+                    || (inner.queue.len() < self.capacity
+                        && inner.bytes.saturating_add(size) <= self.max_bytes);
+                if fits {
                     if let Some(ev) = event.take() {
                         inner.queue.push_back(ev);
+                        inner.bytes = inner.bytes.saturating_add(size);
                     }
                     if inner.consumer_waiting {
                         inner.consumer_waiting = false;
@@ -114,7 +150,10 @@ impl Buffer {
                 };
             }
             Some(front) if front.is_signal() => match inner.queue.pop_front() {
-                Some(ev) => Taken::Signal(ev),
+                Some(ev) => {
+                    inner.bytes = inner.bytes.saturating_sub(event_bytes(&ev));
+                    Taken::Signal(ev)
+                }
                 None => Taken::Empty,
             },
             Some(_) => {
@@ -124,7 +163,13 @@ impl Buffer {
                     .take(max.max(1))
                     .position(Event::is_signal)
                     .unwrap_or_else(|| inner.queue.len().min(max.max(1)));
-                Taken::Events(inner.queue.drain(..n).collect())
+                let batch: Vec<Event> = inner.queue.drain(..n).collect();
+                let freed = batch
+                    .iter()
+                    .map(event_bytes)
+                    .fold(0usize, usize::saturating_add);
+                inner.bytes = inner.bytes.saturating_sub(freed);
+                Taken::Events(batch)
             }
         };
         if inner.producer_waiting {
@@ -141,6 +186,11 @@ impl Buffer {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The bytes held (payloads plus the per-event overhead).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 }
 
@@ -199,6 +249,57 @@ mod tests {
         assert!(matches!(buf.take(1), Taken::Events(_)));
         assert!(pushing.await.unwrap_or(false));
         assert_eq!(buf.len(), 2);
+    }
+
+    fn big(cursor: &str, size: usize) -> Event {
+        Event {
+            data: Bytes::from(vec![b'x'; size]),
+            ..ev("entry", cursor)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_blocks_the_producer_until_taken() {
+        // Room for two 1000-byte events, not three, although the event bound is 100.
+        let buf = Arc::new(Buffer::with_byte_budget(
+            100,
+            2 * event_bytes(&big("1", 1000)),
+            Arc::new(Wake::new()),
+        ));
+        let c = CancellationToken::new();
+        assert!(buf.push(big("1", 1000), &c).await);
+        assert!(buf.push(big("2", 1000), &c).await);
+        let b2 = buf.clone();
+        let c2 = c.clone();
+        let pushing = tokio::spawn(async move { b2.push(big("3", 1000), &c2).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!pushing.is_finished(), "the byte budget did not hold");
+        assert_eq!(buf.len(), 2);
+        assert!(matches!(buf.take(1), Taken::Events(_)));
+        assert!(pushing.await.unwrap_or(false));
+        assert_eq!(buf.len(), 2);
+        assert!(matches!(buf.take(10), Taken::Events(v) if v.len() == 2));
+        assert_eq!(buf.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_event_larger_than_the_budget_is_admitted_alone() {
+        let buf = Arc::new(Buffer::with_byte_budget(100, 500, Arc::new(Wake::new())));
+        let c = CancellationToken::new();
+        assert!(
+            buf.push(big("1", 10_000), &c).await,
+            "an empty buffer admits any event"
+        );
+        let b2 = buf.clone();
+        let c2 = c.clone();
+        let pushing = tokio::spawn(async move { b2.push(big("2", 10), &c2).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            !pushing.is_finished(),
+            "nothing may join an over-budget event"
+        );
+        assert!(matches!(buf.take(10), Taken::Events(v) if v.len() == 1));
+        assert!(pushing.await.unwrap_or(false));
     }
 
     #[tokio::test]

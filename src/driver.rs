@@ -159,7 +159,11 @@ impl Driver {
         let cfg = Arc::new(cfg);
         let stats = Arc::new(Stats::default());
         let wake = Arc::new(Wake::new());
-        let buffer = Arc::new(Buffer::new(cfg.buffer_size, wake.clone()));
+        let buffer = Arc::new(Buffer::with_byte_budget(
+            cfg.buffer_size,
+            cfg.buffer_bytes,
+            wake.clone(),
+        ));
         let writer = CheckpointWriter::new(
             checkpoints.clone(),
             &cfg,

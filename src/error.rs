@@ -24,6 +24,10 @@ pub enum Error {
         code: String,
         message: String,
     },
+    /// The client could not decode what the server sent (a string field that is not UTF-8, a
+    /// malformed message): asking again would only get the same bytes, so it is never retried.
+    #[error("{method}: {message}")]
+    Undecodable { method: String, message: String },
     /// Trouble that a retry with backoff may cure (server down, rate limited, internal error).
     #[error("{0}")]
     Transient(String),
@@ -62,10 +66,32 @@ impl Error {
         }
     }
 
+    /// True for a transient failure of the HTTP/2 layer itself (`h2 protocol error`): retried,
+    /// but only a few times in a row (a status over the header limit never heals).
+    pub fn is_protocol_failure(&self) -> bool {
+        match self {
+            Error::Transient(m) => m.contains("h2 protocol error"),
+            _ => false,
+        }
+    }
+
     /// Classifies a gRPC status returned by `method` following the wire contract's table.
     pub fn from_status(method: &str, status: &tonic::Status) -> Error {
+        Self::from_status_redacted(method, status, &[])
+    }
+
+    /// [`Error::from_status`], with every occurrence of each of `secrets` (the client's own API
+    /// key and bearer token) replaced in the server's message first: a server that echoes them
+    /// must not put them into an exception or a log line.
+    pub fn from_status_redacted(method: &str, status: &tonic::Status, secrets: &[&str]) -> Error {
         let code = code_name(status.code());
-        let message = status.message().to_string();
+        let message = redact(status.message(), secrets);
+        if message.contains("failed to decode Protobuf message") {
+            return Error::Undecodable {
+                method: method.to_string(),
+                message: format!("the client cannot decode the server's message: {message}"),
+            };
+        }
         if is_tls_rejection(&message) {
             // A certificate the client does not trust will not become trusted by retrying.
             return Error::ServerStatus {
@@ -98,6 +124,21 @@ impl Error {
             }
         }
     }
+}
+
+/// Secrets shorter than this are not searched for (replacing every `a` would garble the message
+/// and protect little).
+const MIN_REDACTED_LEN: usize = 4;
+
+/// `message` with each of `secrets` replaced by `<redacted>`.
+pub fn redact(message: &str, secrets: &[&str]) -> String {
+    let mut out = message.to_string();
+    for s in secrets {
+        if s.len() >= MIN_REDACTED_LEN && out.contains(s) {
+            out = out.replace(s, "<redacted>");
+        }
+    }
+    out
 }
 
 /// rustls' words for a server certificate the client refuses.
@@ -208,6 +249,43 @@ mod tests {
         let e = Error::from_status("GetCheckpoint", &s);
         assert!(!e.is_transient());
         assert!(e.to_string().contains("tls_ca_file"), "{e}");
+    }
+
+    #[test]
+    fn an_undecodable_message_is_not_retried() {
+        let s = tonic::Status::internal(
+            "failed to decode Protobuf message: EventNotification.kind: invalid string value: data is not UTF-8 encoded",
+        );
+        let e = Error::from_status("SubscribeEvents", &s);
+        assert!(matches!(e, Error::Undecodable { .. }), "{e}");
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn h2_protocol_failures_are_transient_but_recognized() {
+        let s = tonic::Status::internal("h2 protocol error: error reading a body from connection");
+        let e = Error::from_status("SubscribeEvents", &s);
+        assert!(e.is_transient() && e.is_protocol_failure(), "{e}");
+        let other = Error::from_status("SubscribeEvents", &tonic::Status::unavailable("down"));
+        assert!(!other.is_protocol_failure());
+    }
+
+    #[test]
+    fn echoed_secrets_are_redacted() {
+        let s = tonic::Status::unauthenticated("bad key sekrit-key-123 (Bearer tok-456789)");
+        let e = Error::from_status_redacted("GetCheckpoint", &s, &["sekrit-key-123", "tok-456789"]);
+        let text = e.to_string();
+        assert!(
+            !text.contains("sekrit") && !text.contains("tok-456789"),
+            "{text}"
+        );
+        assert!(text.contains("<redacted>"), "{text}");
+        let t = Error::from_status_redacted(
+            "m",
+            &tonic::Status::unavailable("x sekrit-key-123"),
+            &["sekrit-key-123"],
+        );
+        assert!(!t.to_string().contains("sekrit"), "{t}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ use crate::proto::event_stream_service_client::EventStreamServiceClient;
 /// Default gRPC receive limit (tonic's and grpc-go's default).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
+/// The longest duration a connection option may be (365 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 /// How to reach and authenticate to a Memory Service. `Debug` never shows secrets.
 #[derive(Clone)]
 pub struct ConnectOptions {
@@ -136,6 +139,8 @@ pub struct Connection {
     metadata: Arc<Vec<(&'static str, AsciiMetadataValue)>>,
     request_timeout: Duration,
     max_message_size: usize,
+    /// The API key and bearer token, to redact from the server's messages.
+    secrets: Arc<Vec<String>>,
 }
 
 fn secret_value(name: &str, value: &str) -> Result<AsciiMetadataValue> {
@@ -152,6 +157,19 @@ impl Connection {
     /// Builds the channel. Connecting is lazy: an unreachable server surfaces as a transient
     /// `UNAVAILABLE` on the first call and is retried by the loop.
     pub fn new(opts: &ConnectOptions) -> Result<Connection> {
+        for (name, d) in [
+            ("keepalive_interval", opts.keepalive_interval),
+            ("keepalive_timeout", opts.keepalive_timeout),
+            ("connect_timeout", opts.connect_timeout),
+            ("request_timeout", opts.request_timeout),
+        ] {
+            // Timers add these to `Instant::now()`; beyond a year is a mistake, not a setting.
+            if d.is_zero() || d > MAX_DURATION {
+                return Err(Error::Config(format!(
+                    "{name} must be between 1ns and 365 days, got {d:?}"
+                )));
+            }
+        }
         let mut metadata = Vec::new();
         if let Some(token) = opts.bearer_token.as_deref().filter(|t| !t.is_empty()) {
             metadata.push((
@@ -170,6 +188,12 @@ impl Connection {
             })?;
             metadata.push(("x-client-id", v));
         }
+        let secrets: Vec<String> = [&opts.api_key, &opts.bearer_token]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect();
         let target = parse_endpoint(&opts.endpoint)?;
         let uri = match &target {
             Target::Plain(u) | Target::Tls(u) => u.clone(),
@@ -218,7 +242,13 @@ impl Connection {
             metadata: Arc::new(metadata),
             request_timeout: opts.request_timeout,
             max_message_size: opts.max_message_size,
+            secrets: Arc::new(secrets),
         })
+    }
+
+    /// The core error for a status `method` got, with this connection's secrets redacted.
+    fn status_error(&self, method: &str, status: &tonic::Status) -> Error {
+        status_error(&self.secrets, method, status)
     }
 
     fn request<T>(&self, msg: T, unary: bool) -> tonic::Request<T> {
@@ -263,8 +293,14 @@ pub fn to_proto_request(r: &SubscribeRequest) -> proto::SubscribeEventsRequest {
     }
 }
 
+fn status_error(secrets: &[String], method: &str, status: &tonic::Status) -> Error {
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    Error::from_status_redacted(method, status, &secrets)
+}
+
 struct GrpcStream {
     inner: tonic::Streaming<proto::EventNotification>,
+    secrets: Arc<Vec<String>>,
 }
 
 #[async_trait]
@@ -279,7 +315,7 @@ impl EventStream for GrpcStream {
                 received: SystemTime::now(),
             })),
             Ok(None) => Ok(None),
-            Err(status) => Err(Error::from_status("SubscribeEvents", &status)),
+            Err(status) => Err(status_error(&self.secrets, "SubscribeEvents", &status)),
         }
     }
 }
@@ -293,9 +329,10 @@ impl EventClient for GrpcEventClient {
         let resp = client
             .subscribe_events(req)
             .await
-            .map_err(|s| Error::from_status("SubscribeEvents", &s))?;
+            .map_err(|s| self.conn.status_error("SubscribeEvents", &s))?;
         Ok(Box::new(GrpcStream {
             inner: resp.into_inner(),
+            secrets: self.conn.secrets.clone(),
         }))
     }
 }
@@ -355,7 +392,7 @@ impl CheckpointClient for GrpcCheckpointClient {
             Err(s) if s.code() == tonic::Code::NotFound => {
                 Err(Error::CheckpointNotFound(client_id.to_string()))
             }
-            Err(s) => Err(Error::from_status("GetCheckpoint", &s)),
+            Err(s) => Err(self.conn.status_error("GetCheckpoint", &s)),
         }
     }
 
@@ -380,7 +417,7 @@ impl CheckpointClient for GrpcCheckpointClient {
             .put_checkpoint(req)
             .await
             .map(|r| from_proto_checkpoint(r.into_inner()))
-            .map_err(|s| Error::from_status("PutCheckpoint", &s))
+            .map_err(|s| self.conn.status_error("PutCheckpoint", &s))
     }
 
     fn max_message_size(&self) -> Option<usize> {

@@ -131,6 +131,9 @@ pub struct LoopConfig {
     pub stale_cursor: StalePolicy,
     /// Capacity of the buffer between the network and the processor, in events.
     pub buffer_size: usize,
+    /// Capacity of that buffer in bytes (payloads plus a small per-event overhead); an event
+    /// larger than this is still admitted alone.
+    pub buffer_bytes: usize,
     /// Most events handed to the processor in one batch.
     pub max_batch: usize,
     /// Budget for the final flush + checkpoint write on stop (and for handlers in flight).
@@ -168,6 +171,7 @@ impl Default for LoopConfig {
             reconnect_max: Duration::from_secs(30),
             stale_cursor: StalePolicy::Fail,
             buffer_size: 4096,
+            buffer_bytes: 64 * 1024 * 1024,
             max_batch: 512,
             stop_timeout: Duration::from_secs(5),
             detect_other_writers: true,
@@ -200,9 +204,9 @@ impl LoopConfig {
                 "reconnect_min must be positive and reconnect_max at least reconnect_min".into(),
             ));
         }
-        if self.buffer_size == 0 || self.max_batch == 0 {
+        if self.buffer_size == 0 || self.max_batch == 0 || self.buffer_bytes == 0 {
             return Err(Config(
-                "buffer_size and max_batch must be at least 1".into(),
+                "buffer_size, buffer_bytes and max_batch must be at least 1".into(),
             ));
         }
         self.lanes_config().validate()

@@ -14,6 +14,7 @@ from memory_service_processor._cli.options import markdown_tables
 from memory_service_processor._config import CONFIG_SETTINGS
 from memory_service_processor._connection import CONNECTION_SETTINGS
 from memory_service_processor._settings import (
+    BUFFER_BYTES_MAX,
     CLIENT_ID_MAX_BYTES,
     COUNTER_MAX,
     DURATION_MAX,
@@ -53,7 +54,7 @@ def test_the_duration_and_size_settings_are_the_expected_ones() -> None:
         "checkpoint_interval", "reconnect_min", "reconnect_max", "stop_timeout", "retry_min", "retry_max",
     ]
     assert CONNECTION_DURATIONS == ["keepalive_interval", "keepalive_timeout", "connect_timeout", "request_timeout"]
-    assert CONFIG_SIZES == ["checkpoint_every", "buffer_size", "max_batch", "max_concurrency", "max_attempts"]
+    assert CONFIG_SIZES == ["checkpoint_every", "buffer_size", "buffer_bytes", "max_batch", "max_concurrency", "max_attempts"]
 
 
 @pytest.mark.parametrize("value", HUGE_DURATIONS, ids=HUGE_IDS)
@@ -95,7 +96,13 @@ def test_the_duration_limits_themselves_are_accepted(field: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "field, maximum", [("checkpoint_every", COUNTER_MAX), ("buffer_size", EVENT_COUNT_MAX), ("max_batch", EVENT_COUNT_MAX)]
+    "field, maximum",
+    [
+        ("checkpoint_every", COUNTER_MAX),
+        ("buffer_size", EVENT_COUNT_MAX),
+        ("buffer_bytes", BUFFER_BYTES_MAX),
+        ("max_batch", EVENT_COUNT_MAX),
+    ],
 )
 def test_sizes_have_a_maximum(field: str, maximum: int) -> None:
     assert getattr(Config(client_id="p", **{field: maximum}), field) == maximum

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_FIELDS = (
     "client_id", "kinds", "entry_channels", "entry_content_types", "entry_roles", "scope", "after_cursor",
     "justification", "checkpoint_interval", "checkpoint_every", "reconnect_min", "reconnect_max", "stale_cursor",
-    "conversation_ids", "buffer_size", "max_batch", "stop_timeout", "detect_other_writers",
+    "conversation_ids", "buffer_size", "buffer_bytes", "max_batch", "stop_timeout", "detect_other_writers",
     "max_concurrency", "max_attempts", "retry_min",
     "retry_max", "on_failure",
 )

@@ -58,11 +58,12 @@ class GrpcEventStream(_AsyncIterMixin):
         self._native = native
 
     async def recv(self) -> EventEnvelope:
-        """The next event; raises ``StopAsyncIteration`` at a clean end."""
+        """The next event; raises ``StopAsyncIteration`` at a clean end or after :meth:`close`."""
         return await self._native.recv()
 
     def close(self) -> None:
-        """Cancels the subscription."""
+        """Cancels the subscription without blocking: a pending :meth:`recv` (in any task) ends
+        with ``StopAsyncIteration`` and no event that arrives afterwards is returned."""
         self._native.close()
 
 

@@ -12,6 +12,7 @@ import datetime as _dt
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ._settings import (
+    BUFFER_BYTES_MAX,
     CLIENT_ID_MAX_BYTES,
     COUNTER_MAX,
     EVENT_COUNT_MAX,
@@ -193,6 +194,13 @@ class Config:
         default=4096, metadata=_declare(
             "int", "events buffered between the network and the processor", check_count,
             metavar="N", maximum=EVENT_COUNT_MAX,
+        ),
+    )
+    buffer_bytes: int = dataclasses.field(
+        default=64 * 1024 * 1024, metadata=_declare(
+            "int", "bytes of event data buffered between the network and the processor (an event "
+            "larger than this is still let through, alone)", check_count,
+            metavar="BYTES", maximum=BUFFER_BYTES_MAX,
         ),
     )
     max_batch: int = dataclasses.field(

@@ -70,6 +70,9 @@ MESSAGE_SIZE_MAX = 2**31 - 1
 #: The largest ``buffer_size`` and ``max_batch``: events held in memory at once.
 EVENT_COUNT_MAX = 1 << 20
 
+#: The largest ``buffer_bytes`` (1 TiB): beyond any machine's memory, far below overflow.
+BUFFER_BYTES_MAX = 1 << 40
+
 #: The largest ``checkpoint_every`` (an unsigned 32-bit counter).
 COUNTER_MAX = 2**32 - 1
 

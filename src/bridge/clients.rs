@@ -7,6 +7,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyStopAsyncIteration, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
+use tokio_util::sync::CancellationToken;
 
 use super::config::{ConnectionConfig, SubscribeConfig};
 use super::envelope::{unix_seconds, EventEnvelope};
@@ -140,6 +141,7 @@ impl NativeEventClient {
             let stream = client.subscribe(request).await.map_err(to_py_err)?;
             Ok(NativeEventStream {
                 inner: Arc::new(tokio::sync::Mutex::new(Some(stream))),
+                closed: CancellationToken::new(),
             })
         })
     }
@@ -150,22 +152,40 @@ impl NativeEventClient {
 }
 
 /// An open subscription: `await recv()` gives the next `EventEnvelope` or raises
-/// `StopAsyncIteration` at the end of the stream.
+/// `StopAsyncIteration` at the end of the stream or once `close()` was called.
 #[pyclass(frozen, module = "memory_service_processor._native")]
 pub struct NativeEventStream {
     inner: Arc<tokio::sync::Mutex<Option<Box<dyn EventStream>>>>,
+    /// Fired by `close()`: ends a pending `recv()` at once, and every later one.
+    closed: CancellationToken,
 }
 
 #[pymethods]
 impl NativeEventStream {
     fn recv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
+        let closed = self.closed.clone();
         py_future(py, async move {
-            let mut guard = inner.lock().await;
-            let Some(stream) = guard.as_mut() else {
-                return Err(PyStopAsyncIteration::new_err(()));
+            let stop = || Err(PyStopAsyncIteration::new_err(()));
+            let mut guard = tokio::select! {
+                biased;
+                _ = closed.cancelled() => return stop(),
+                g = inner.lock() => g,
             };
-            match stream.recv().await {
+            let Some(stream) = guard.as_mut() else {
+                return stop();
+            };
+            let next = tokio::select! {
+                biased;
+                _ = closed.cancelled() => None,
+                r = stream.recv() => Some(r),
+            };
+            // Nothing that arrives after close() is handed out.
+            let Some(next) = next.filter(|_| !closed.is_cancelled()) else {
+                *guard = None;
+                return stop();
+            };
+            match next {
                 Ok(Some(ev)) => Ok(EventEnvelope::from_event(ev)),
                 Ok(None) => {
                     *guard = None;
@@ -179,15 +199,15 @@ impl NativeEventStream {
         })
     }
 
-    /// Closes the subscription.
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let inner = self.inner.clone();
-        let rt = runtime()?;
-        py.detach(|| {
-            rt.block_on(async move {
-                inner.lock().await.take();
-            })
-        });
+    /// Closes the subscription without waiting: a pending `recv()` ends with
+    /// `StopAsyncIteration` (and drops the stream); later ones too.
+    fn close(&self) -> PyResult<()> {
+        self.closed.cancel();
+        if let Ok(mut guard) = self.inner.try_lock() {
+            let rt = runtime()?;
+            let _enter = rt.enter();
+            guard.take();
+        }
         Ok(())
     }
 }

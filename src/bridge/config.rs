@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::errors::config_error;
@@ -13,15 +12,15 @@ use crate::grpc::ConnectOptions;
 use crate::lanes::OnFailure;
 use crate::model::{LoopConfig, Scope, StalePolicy, SubscribeRequest};
 
-/// A positive, finite number of seconds.
+/// A positive, finite number of seconds (a checked conversion: a ConfigurationError naming
+/// the field, never a panic).
 fn secs(d: f64, name: &str) -> PyResult<Duration> {
     if !d.is_finite() || d <= 0.0 {
-        return Err(PyValueError::new_err(format!(
+        return Err(config_error(format!(
             "{name} must be a positive number of seconds, got {d}"
         )));
     }
-    Duration::try_from_secs_f64(d)
-        .map_err(|_| PyValueError::new_err(format!("{name} is out of range: {d}")))
+    Duration::try_from_secs_f64(d).map_err(|_| config_error(format!("{name} is out of range: {d}")))
 }
 
 /// The one parser of `scope` (`None` is the default, admin).
@@ -86,6 +85,8 @@ pub struct DriverConfig {
     #[pyo3(attribute)]
     buffer_size: usize,
     #[pyo3(attribute)]
+    buffer_bytes: usize,
+    #[pyo3(attribute)]
     max_batch: usize,
     #[pyo3(attribute)]
     stop_timeout: f64,
@@ -131,6 +132,7 @@ impl DriverConfig {
             reconnect_max: secs(self.reconnect_max, "reconnect_max")?,
             stale_cursor: stale_policy(&self.stale_cursor)?,
             buffer_size: self.buffer_size,
+            buffer_bytes: self.buffer_bytes,
             max_batch: self.max_batch,
             stop_timeout: secs(self.stop_timeout, "stop_timeout")?,
             detect_other_writers: self.detect_other_writers,
@@ -180,7 +182,7 @@ impl ConnectionConfig {
     /// The transport's options.
     pub fn into_connect_options(self) -> PyResult<ConnectOptions> {
         if self.max_message_size == 0 {
-            return Err(PyValueError::new_err("max_message_size must be at least 1"));
+            return Err(config_error("max_message_size must be at least 1".into()));
         }
         Ok(ConnectOptions {
             endpoint: self.endpoint,

@@ -90,7 +90,24 @@ fn extract_time(py: Python<'_>, t: Option<&Bound<'_, PyAny>>) -> PyResult<System
         }
         t.call_method0("timestamp")?.extract()?
     };
-    Ok(UNIX_EPOCH + Duration::from_secs_f64(ts.max(0.0)))
+    received_at(ts)
+}
+
+/// The latest time `datetime` can represent (9999-12-31T23:59:59Z), in Unix seconds.
+const MAX_UNIX_SECONDS: f64 = 253_402_300_799.0;
+
+/// `ts` Unix seconds as a `SystemTime` (earlier than the epoch: the epoch); a ValueError for
+/// NaN, infinities and anything outside `datetime`'s range, never a panic.
+fn received_at(ts: f64) -> PyResult<SystemTime> {
+    if !ts.is_finite() || ts.abs() > MAX_UNIX_SECONDS {
+        return Err(PyValueError::new_err(format!(
+            "time must be a finite Unix timestamp within datetime's range (|t| <= {MAX_UNIX_SECONDS}), got {ts}"
+        )));
+    }
+    Duration::try_from_secs_f64(ts.max(0.0))
+        .ok()
+        .and_then(|d| UNIX_EPOCH.checked_add(d))
+        .ok_or_else(|| PyValueError::new_err(format!("time is out of range: {ts}")))
 }
 
 #[pymethods]

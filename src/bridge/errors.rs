@@ -92,6 +92,19 @@ pub fn to_py_err_in(py: Python<'_>, e: Error) -> PyErr {
                 ("method", py_str(py, &method)),
             ],
         ),
+        Error::Undecodable {
+            method,
+            message: detail,
+        } => make_error(
+            py,
+            "ServerStatusError",
+            message,
+            &[
+                ("code", py_str(py, "INTERNAL")),
+                ("server_message", py_str(py, &detail)),
+                ("method", py_str(py, &method)),
+            ],
+        ),
         Error::Transient(_) => make_error(py, "TransientError", message, &[]),
         Error::CheckpointNotFound(id) => make_error(
             py,
