@@ -173,7 +173,7 @@ impl Driver {
             runtime.clone(),
         );
         Ok(Driver {
-            next_flush: Instant::now() + cfg.checkpoint_interval,
+            next_flush: crate::backoff::deadline_after(Instant::now(), cfg.checkpoint_interval),
             cfg,
             events,
             checkpoints,
@@ -333,7 +333,8 @@ impl Driver {
         };
         self.writer.expect(loaded.map(|cp| &cp.value));
         self.phase = Phase::Running;
-        self.next_flush = Instant::now() + self.cfg.checkpoint_interval;
+        self.next_flush =
+            crate::backoff::deadline_after(Instant::now(), self.cfg.checkpoint_interval);
         let fut = crate::stream_loop::run(
             self.events.clone(),
             self.cfg.clone(),
@@ -354,10 +355,10 @@ impl Driver {
     fn begin_stop(&mut self, now: Instant) {
         self.producer_cancel.cancel();
         self.writer.verify_before_next_write();
-        self.stop_deadline = Some(now + self.cfg.stop_timeout);
+        self.stop_deadline = Some(crate::backoff::deadline_after(now, self.cfg.stop_timeout));
         if self.concurrent {
             self.lanes.stop();
-            self.drain_until = Some(now + self.cfg.stop_timeout);
+            self.drain_until = Some(crate::backoff::deadline_after(now, self.cfg.stop_timeout));
             self.phase = Phase::Draining;
         } else {
             self.phase = Phase::FinalFlush;
@@ -558,7 +559,8 @@ impl Driver {
     /// interval never runs back to back with the next one.
     pub fn flushed(&mut self) {
         self.snapshot_wanted = true;
-        self.next_flush = Instant::now() + self.cfg.checkpoint_interval;
+        self.next_flush =
+            crate::backoff::deadline_after(Instant::now(), self.cfg.checkpoint_interval);
     }
 
     /// The processor failed: write nothing more, stop the network side.

@@ -226,7 +226,7 @@ impl Driver {
         }
         if self.lanes.is_quiet() {
             // The final write gets its own budget.
-            self.stop_deadline = Some(now + self.cfg.stop_timeout);
+            self.stop_deadline = Some(crate::backoff::deadline_after(now, self.cfg.stop_timeout));
             self.phase = Phase::FinalFlush;
             return self.next_action(now);
         }
