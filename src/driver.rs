@@ -492,7 +492,7 @@ impl Driver {
                 .iter()
                 .rev()
                 .find_map(|e| e.cursor.as_ref().filter(|c| !c.is_empty()).cloned());
-            self.outstanding = Some((batch.len(), Instant::now(), Outstanding::Last(last)));
+            self.outstanding = Some((batch.len(), self.batch_started(), Outstanding::Last(last)));
             return Action::Handle(batch);
         }
         let cursors: Vec<Option<String>> = batch
@@ -514,13 +514,13 @@ impl Driver {
             self.sync_watermark();
             return self.next_action(now);
         }
-        self.outstanding = Some((batch.len(), Instant::now(), Outstanding::All(cursors)));
+        self.outstanding = Some((batch.len(), self.batch_started(), Outstanding::All(cursors)));
         Action::Handle(batch)
     }
 
     fn finish(&mut self, r: Result<()>) -> Action {
         self.phase = Phase::Done;
-        self.stats.set_phase(crate::stats::StreamPhase::Stopped);
+        self.stats.stopped();
         self.producer_cancel.cancel();
         if r.is_err() {
             self.writer.close();
@@ -565,7 +565,7 @@ impl Driver {
 
     /// The processor failed: write nothing more, stop the network side.
     pub fn abort(&mut self) {
-        self.stats.set_phase(crate::stats::StreamPhase::Stopped);
+        self.stats.stopped();
         self.outstanding = None;
         self.writer.close();
         self.phase = Phase::Done;

@@ -41,6 +41,11 @@ impl Report {
 }
 
 impl Driver {
+    /// Sequential mode: a batch is handed out now (`busy_seconds` counts from here).
+    pub(super) fn batch_started(&self) -> Instant {
+        self.stats.batch_started()
+    }
+
     /// The lanes' gauges for `stats()`: handlers in progress and admitted events not done.
     fn store_lane_gauges(&self) {
         let lanes = self.lanes.stats();
@@ -67,6 +72,8 @@ impl Driver {
                 "report() is only used when events run concurrently".into(),
             ));
         }
+        let ended = report.done.iter().chain(&report.failed);
+        self.stats.tasks_ended(ended.chain(&report.cancelled));
         let failed_before = self.lanes.stats().failed_events;
         let mut last_cursor = None;
         for &seq in &report.done {
@@ -201,6 +208,8 @@ impl Driver {
         if self.starts.is_empty() {
             return None;
         }
+        self.stats
+            .tasks_started(now, self.starts.iter().map(|s| s.seq));
         let mut out = Vec::with_capacity(self.starts.len());
         for s in &self.starts {
             if let Some(e) = self.lanes.item(s.seq) {

@@ -101,6 +101,8 @@ def test_every_option_has_one_flag_and_one_variable() -> None:
     flags = [o.flag for o in OPTIONS]
     envs = [o.env for o in OPTIONS]
     assert len(set(flags)) == len(flags) and len(set(envs)) == len(envs)
-    assert {o.name for o in CLI_SETTINGS} == {"checkpoint_store", "log_level", "log_format", "metrics_port", "metrics_addr"}
+    assert {o.name for o in CLI_SETTINGS} == {
+        "checkpoint_store", "log_level", "log_format", "metrics_port", "metrics_addr", "health_port", "liveness_timeout"
+    }
     # The connection's client id is the Config's: one flag, not two.
     assert [o.name for o in OPTIONS].count("client_id") == 1

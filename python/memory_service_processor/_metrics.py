@@ -17,6 +17,8 @@ counter key ``k`` is ``memory_service_processor_<k>_total`` (``events_received``
 ``memory_service_processor_<name>`` (``buffer_depth``, ``last_checkpoint_age_seconds``,
 ``handle_seconds_mean``, ``handle_seconds_max``), and ``memory_service_processor_phase`` is 1
 for the current ``phase`` (label ``phase``) and 0 for the others.
+
+The same server answers the health probes ``/healthz`` and ``/readyz`` (``_health.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from . import _stats
+from ._health import DEFAULT_LIVENESS_TIMEOUT, HealthCheck
 
 __all__ = ["StatsCollector", "MetricsServer", "start_metrics_server", "prometheus_available", "PHASES"]
 
@@ -133,8 +136,27 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("metrics scrape: " + format, *args)
 
 
+def _with_health(app: Callable[..., Any], check: HealthCheck) -> Callable[..., Any]:
+    """``app`` with ``/healthz`` and ``/readyz`` answered by ``check``."""
+
+    def serve(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        answer = check.answer(str(environ.get("PATH_INFO") or ""))
+        if answer is None:
+            return app(environ, start_response)
+        status, body = answer
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+        start_response("200 OK" if status == 200 else "503 Service Unavailable", headers)
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+
+    return serve
+
+
 class MetricsServer:
-    """An HTTP server answering ``GET /metrics`` from a daemon thread. ``port`` is the bound
+    """An HTTP server answering ``GET /metrics`` (and the health probes) from a daemon thread. ``port`` is the bound
     port (useful with port 0); :meth:`close` stops it."""
 
     def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
@@ -170,8 +192,10 @@ def start_metrics_server(
     port: int,
     addr: str = "0.0.0.0",
     registry: Optional[Any] = None,
+    liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
 ) -> MetricsServer:
-    """Serves ``source``'s stats on ``http://addr:port/metrics`` (Prometheus text format).
+    """Serves ``source``'s stats on ``http://addr:port/metrics`` (Prometheus text format),
+    and ``/healthz`` / ``/readyz`` (``liveness_timeout`` in seconds: see ``_health.py``).
 
     ``registry`` defaults to a fresh ``CollectorRegistry`` holding only the processor's
     metrics; pass ``prometheus_client.REGISTRY`` to add them to the process-wide one.
@@ -182,7 +206,7 @@ def start_metrics_server(
     if registry is None:
         registry = prom.CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(source))
-    app = prom.make_wsgi_app(registry)
+    app = _with_health(prom.make_wsgi_app(registry), HealthCheck(source, liveness_timeout))
 
     class _Server(WSGIServer):
         daemon_threads = True

@@ -181,6 +181,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._stop_requested = False
         self._running = False
+        self._failure: Optional[str] = None
 
     def __repr__(self) -> str:
         return (
@@ -240,8 +241,12 @@ class Runtime:
         if self._running:
             raise RuntimeError("this Runtime is already running")
         self._running = True
+        self._failure = None
         try:
             await self._run()
+        except Exception as e:
+            self._failure = type(e).__name__  # /healthz: the run ended with an error (no message)
+            raise
         finally:
             with self._lock:
                 driver, self._driver = self._driver, None

@@ -91,6 +91,9 @@ class Stats(TypedDict):
         Optional[str],
         Info("the cursor the checkpoint may cover: every event at or before it has completed (None before the first)"),
     ]
+    busy_seconds: Annotated[
+        float, Gauge("how long the oldest handler call in progress has been running, 0 when none")
+    ]
 
 
 class StatField(NamedTuple):

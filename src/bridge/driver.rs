@@ -306,6 +306,7 @@ impl Driver {
         d.set_item("retries", Stats::get(&st.retries))?;
         d.set_item("failed_events", Stats::get(&st.failed_events))?;
         d.set_item("watermark", lock(&st.watermark).clone())?;
+        d.set_item("busy_seconds", st.busy_seconds())?;
         Ok(d)
     }
 }

@@ -33,7 +33,7 @@ from .errors import EXIT_OK
 from .options import add_options, duration_argument, int_at_least, resolve_options
 from .signals import GracefulSignals
 from .simulator import ConversationSimulator
-from .telemetry import start_metrics
+from .telemetry import start_telemetry
 
 __all__ = ["Progress", "add_parser", "cmd_demo", "run_demo"]
 
@@ -171,6 +171,8 @@ def run_demo(
     out: Optional[TextIO] = None,
     metrics_port: Optional[int] = None,
     metrics_addr: str = "0.0.0.0",
+    health_port: Optional[int] = None,
+    liveness_timeout: Optional[float] = None,
     processor: str = "turn-counter",
     max_concurrency: int = 64,
     model_delay: float = 0.05,
@@ -199,6 +201,7 @@ def run_demo(
                 server, endpoint, directory, temporary_dir is not None, out,
                 events=events, duration=duration, live_rate=live_rate, client_id=client_id, top=top,
                 progress=progress, metrics_port=metrics_port, metrics_addr=metrics_addr,
+                health_port=health_port, liveness_timeout=liveness_timeout,
                 which=processor, max_concurrency=max_concurrency, model_delay=model_delay,
             )
         finally:
@@ -223,6 +226,8 @@ def _demo_with_server(
     progress: str,
     metrics_port: Optional[int],
     metrics_addr: str,
+    health_port: Optional[int],
+    liveness_timeout: Optional[float],
     which: str = "turn-counter",
     max_concurrency: int = 64,
     model_delay: float = 0.05,
@@ -284,7 +289,10 @@ def _demo_with_server(
     say()
     config = Config(**options)
     runtime = Runtime(processor, config, endpoint=endpoint)
-    metrics = start_metrics({"metrics_port": metrics_port, "metrics_addr": metrics_addr}, runtime)
+    metrics = start_telemetry({
+        "metrics_port": metrics_port, "metrics_addr": metrics_addr,
+        "health_port": health_port, "liveness_timeout": liveness_timeout,
+    }, runtime)
     display = Progress(out, progress, backlog)
     started = time.monotonic()
     replay_seconds: Optional[float] = None
@@ -335,8 +343,7 @@ def _demo_with_server(
         asyncio.run(main())
     finally:
         display.close()
-        if metrics is not None:
-            metrics.close()
+        metrics.close()
 
     stats = runtime.stats()
     run_seconds = time.monotonic() - started
@@ -426,7 +433,8 @@ def _print_busiest(say: Any, processor: TurnCounter, top: int) -> List[Tuple[str
 def cmd_demo(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None) -> int:
     """``demo``: parse-level values to :func:`run_demo`."""
     env = os.environ if environ is None else environ
-    values = resolve_options(args, env, names=("log_level", "log_format", "metrics_port", "metrics_addr"))
+    values = resolve_options(args, env, names=(
+        "log_level", "log_format", "metrics_port", "metrics_addr", "health_port", "liveness_timeout"))
     level_given = args.log_level is not None or bool(env.get("MEMORY_SERVICE_PROCESS_LOG_LEVEL", "").strip())
     # Keep the display clean: only warnings unless a level was asked for.
     configure_logging(values["log_level"] if level_given else "warning", values["log_format"])
@@ -440,6 +448,8 @@ def cmd_demo(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = No
         progress=args.progress,
         metrics_port=values.get("metrics_port"),
         metrics_addr=values.get("metrics_addr") or "0.0.0.0",
+        health_port=values.get("health_port"),
+        liveness_timeout=values.get("liveness_timeout"),
         processor=args.processor,
         max_concurrency=args.max_concurrency,
         model_delay=args.model_delay,

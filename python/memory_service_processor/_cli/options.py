@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, NoReturn, Optional, Seque
 
 from .._config import CONFIG_SETTINGS, Config
 from .._connection import CONNECTION_SETTINGS
+from .._health import DEFAULT_LIVENESS_TIMEOUT
 from .._settings import BOOL_TEXTS, PORT_MAX, Setting, parse_duration, shown_value
 from .errors import UsageError
 
@@ -64,9 +65,22 @@ CLI_SETTINGS: Tuple[Setting, ...] = (
         default_doc="off", minimum=0, maximum=PORT_MAX,
     ),
     Setting(
-        "metrics_addr", "str", "address the metrics server listens on",
+        "metrics_addr", "str", "address the metrics and health servers listen on",
         default="0.0.0.0", flag="--metrics-addr", env="MEMORY_SERVICE_PROCESS_METRICS_ADDR", group="cli",
         metavar="ADDR", default_doc="`0.0.0.0`",
+    ),
+    Setting(
+        "health_port", "int",
+        "serve the health probes `/healthz` (liveness) and `/readyz` (readiness) at `http://ADDR:PORT` "
+        "(standard library only; the metrics server answers them too)",
+        flag="--health-port", env="MEMORY_SERVICE_PROCESS_HEALTH_PORT", group="cli", metavar="PORT",
+        default_doc="off", minimum=0, maximum=PORT_MAX,
+    ),
+    Setting(
+        "liveness_timeout", "duration",
+        "`/healthz` fails (503) while one handler call has been running for longer than this",
+        default=DEFAULT_LIVENESS_TIMEOUT, flag="--liveness-timeout", env="MEMORY_SERVICE_PROCESS_LIVENESS_TIMEOUT",
+        group="cli", metavar="DURATION", default_doc="`10m`",
     ),
 )
 
@@ -86,7 +100,7 @@ OPTIONS: Tuple[Setting, ...] = (
 
 _BY_NAME = {o.name: o for o in OPTIONS}
 
-_GROUP_TITLES = {"connection": "connection", "config": "processing (Config)", "cli": "logging and metrics"}
+_GROUP_TITLES = {"connection": "connection", "config": "processing (Config)", "cli": "logging, metrics and health"}
 
 # -- argument parsing -------------------------------------------------------------------------
 

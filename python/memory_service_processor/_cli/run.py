@@ -22,7 +22,7 @@ from .options import (
     resolve_options,
 )
 from .signals import GracefulSignals
-from .telemetry import setup_logging, start_metrics
+from .telemetry import setup_logging, start_telemetry
 
 __all__ = ["add_parser", "cmd_run"]
 
@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = Non
         )
     except (ValueError, TypeError, ArithmeticError) as e:  # a value the native side refused
         raise UsageError(str(e)) from None
-    metrics = start_metrics(values, runtime)
+    telemetry = start_telemetry(values, runtime)
     log.info(
         "running %s as client_id=%s against %s (after_cursor=%s)",
         type(processor).__name__,
@@ -80,8 +80,7 @@ def cmd_run(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = Non
     try:
         asyncio.run(_run_until_signal(runtime))
     finally:
-        if metrics is not None:
-            metrics.close()
+        telemetry.close()
     stats = runtime.stats()
     log.info(
         "stopped client_id=%s: %d events handled, %d checkpoints written, last cursor %s",
