@@ -78,7 +78,8 @@ CLI_SETTINGS: Tuple[Setting, ...] = (
     ),
     Setting(
         "liveness_timeout", "duration",
-        "`/healthz` fails (503) while one handler call has been running for longer than this",
+        "`/healthz` fails (503) while one handler call (with `max_concurrency` 1: the batch in hand) "
+        "has been running for longer than this",
         default=DEFAULT_LIVENESS_TIMEOUT, flag="--liveness-timeout", env="MEMORY_SERVICE_PROCESS_LIVENESS_TIMEOUT",
         group="cli", metavar="DURATION", default_doc="`10m`",
     ),
