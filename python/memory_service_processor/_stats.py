@@ -91,6 +91,7 @@ class Stats(TypedDict):
         Optional[str],
         Info("the cursor the checkpoint may cover: every event at or before it has completed (None before the first)"),
     ]
+    events_foreign: Annotated[int, Counter("events of other shards, dropped in the core before the processor")]
 
 
 class StatField(NamedTuple):
