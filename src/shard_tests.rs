@@ -164,3 +164,108 @@ fn the_layout_is_written_only_with_more_than_one_shard() {
         r#"{"n":1,"shardLayout":{"count":2,"index":1}}"#
     );
 }
+
+/// The key-only reader gives exactly the answers of `payload::default_key` (the lanes' key).
+#[test]
+fn the_key_reader_agrees_with_the_default_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "entry",
+            r#"{"conversation":"c1","conversation_group":"g1","entry":"e"}"#,
+        ),
+        (
+            "response",
+            r#"{"conversation":"c2","recording":"c2","status":"started"}"#,
+        ),
+        ("membership", r#"{"conversation_group":"g1","user":"bob"}"#),
+        (
+            "entry",
+            r#"{"id":"e1","conversationId":"c1","conversationGroupId":"g"}"#,
+        ),
+        (
+            "conversation",
+            r#"{"id":"c9","title":"t","conversationGroupId":"g"}"#,
+        ),
+        (
+            "entry",
+            r#"{"id":"c9","title":"t","conversationGroupId":"g"}"#,
+        ),
+        (
+            "conversation",
+            r#"{"conversation":"c3","conversation_group":"g3"}"#,
+        ),
+        ("entry", r#"{"id":"e1","conversationGroupId":"g2"}"#),
+        ("entry", r#"{"entry":"e"}"#),
+        ("entry", r#"{"conversation":42,"conversationId":"c7"}"#),
+        (
+            "entry",
+            r#"{"conversation":null,"conversation_group":"g8"}"#,
+        ),
+        ("entry", r#"{"conversation":""}"#),
+        ("entry", r#"["conversation"]"#),
+        ("entry", r#""conversation""#),
+        ("entry", r#"{"conversation":"a","conversation":"b"}"#),
+        (
+            "entry",
+            r#"{"conversation":"a","conversation":7,"conversationId":"z"}"#,
+        ),
+        ("entry", r#"{"conver\u0073ation":"esc","x":1}"#),
+        ("entry", r#"{"conversation":"caf\u00e9 \"q\""}"#),
+        (
+            "entry",
+            r#"{"conversation":"c1","content":[{"role":"USER"}],"n":[1,{"a":[]}]}"#,
+        ),
+        ("entry", r#"{"conversation":"c1","bad":[1,,2]}"#),
+        ("entry", r#"{"conversation":"c1""#),
+        (
+            "entry",
+            r#"{"conversation":{"id":"nested"},"conversation_group":"g"}"#,
+        ),
+        ("entry", r#"{"conversation":"c1"} trailing"#),
+        ("entry", "b64:AAAA"),
+        ("entry", ""),
+    ];
+    for (kind, data) in cases {
+        let want = crate::payload::default_key(kind, data.as_bytes());
+        let got = default_key_of(kind, data.as_bytes()).map(|k| k.into_owned());
+        assert_eq!(got, want, "{kind} {data}");
+    }
+}
+
+/// The cost of deciding that an event is foreign (read the key, hash it): run with
+/// `cargo test --release --lib shard::tests::timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn timing_of_the_default_key_filter() {
+    let summary = br#"{"conversation":"6f1c2d3e-0000-4000-8000-000000000001","conversation_group":"g","entry":"e1","entry_channel":"history","entry_role":"USER","entry_content_type":"message"}"#;
+    let full = br#"{"id":"e1","conversationId":"6f1c2d3e-0000-4000-8000-000000000001","conversationGroupId":"g","channel":"history","contentType":"message","content":[{"role":"USER","text":"hello world hello world hello world hello world hello world hello world"}],"createdAt":"2026-01-01T00:00:00Z","userId":"bob"}"#;
+    let layout = ShardLayout { index: 1, count: 3 };
+    for (name, data) in [("summary", &summary[..]), ("full", &full[..])] {
+        let n = 1_000_000u32;
+        let start = std::time::Instant::now();
+        let mut owned = 0u32;
+        for _ in 0..n {
+            owned += u32::from(layout.owns_event("entry", std::hint::black_box(data)));
+        }
+        let per = start.elapsed().as_secs_f64() / f64::from(n) * 1e9;
+        println!(
+            "{name} ({} bytes): {per:.0} ns per event ({owned})",
+            data.len()
+        );
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let _: serde::de::IgnoredAny =
+                serde_json::from_slice(std::hint::black_box(data)).unwrap();
+        }
+        let per = start.elapsed().as_secs_f64() / f64::from(n) * 1e9;
+        println!("  serde_json IgnoredAny: {per:.0} ns");
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(fnv1a64(std::hint::black_box(
+                b"6f1c2d3e-0000-4000-8000-000000000001",
+            )));
+        }
+        let per = start.elapsed().as_secs_f64() / f64::from(n) * 1e9;
+        println!("  fnv1a64 of a uuid: {per:.0} ns");
+    }
+}
