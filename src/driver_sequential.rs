@@ -93,27 +93,31 @@ impl Driver {
     fn hand_out_owned(&mut self, batch: Vec<Event>, owned: Vec<bool>) -> HandOut {
         let carried = self.lanes.has_carried();
         let total = batch.len();
-        let mut cursors: Vec<Option<String>> = Vec::new();
-        let mut last = None;
-        let mut last_handled = None;
+        let cursor_of = |e: &Event| e.cursor.as_ref().filter(|c| !c.is_empty()).cloned();
+        // One copy of the batch's last cursor (or, with loaded completed events, of each).
+        let (last, cursors): (Option<String>, Vec<Option<String>>) = if carried {
+            (None, batch.iter().map(cursor_of).collect())
+        } else {
+            (batch.iter().rev().find_map(cursor_of), Vec::new())
+        };
         let mut foreign = 0u64;
-        let mut kept = Vec::with_capacity(total);
-        for (e, own) in batch.into_iter().zip(owned) {
-            let cursor = e.cursor.as_ref().filter(|c| !c.is_empty());
-            if carried {
-                cursors.push(cursor.cloned());
-            } else if cursor.is_some() {
-                last = cursor.cloned();
-            }
-            if !own {
-                foreign += 1;
-            } else if !cursor.is_some_and(|c| self.lanes.is_loaded_completed(c)) {
-                if cursor.is_some() {
-                    last_handled = cursor.cloned();
+        let lanes = &self.lanes;
+        let kept: Vec<Event> = batch
+            .into_iter()
+            .zip(owned)
+            .filter_map(|(e, own)| {
+                if !own {
+                    foreign += 1;
+                    return None;
                 }
-                kept.push(e);
-            }
-        }
+                let done_before = carried
+                    && e.cursor
+                        .as_deref()
+                        .is_some_and(|c| !c.is_empty() && lanes.is_loaded_completed(c));
+                (!done_before).then_some(e)
+            })
+            .collect();
+        let last_handled = kept.iter().rev().find_map(cursor_of);
         if foreign > 0 {
             Stats::add(&self.stats.events_foreign, foreign);
         }
