@@ -21,7 +21,7 @@ use log::{info, warn};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::buffer::{Buffer, Taken};
+use crate::buffer::Buffer;
 use crate::checkpoint_writer::CheckpointWriter;
 use crate::error::{Error, Result};
 use crate::lanes::Lanes;
@@ -68,8 +68,10 @@ enum Outstanding {
     /// The last usable cursor of the batch (no loaded completed cursors to skip).
     Last(Option<String>),
     /// Every event's cursor in stream order, including events skipped because a previous run
-    /// completed them.
+    /// completed them (or because they belong to another shard).
     All(Vec<Option<String>>),
+    /// Shards: the last handled cursor, and the last cursor of the batch (maybe foreign).
+    Shard(Option<String>, Option<String>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +139,9 @@ pub struct Driver {
     seen_live: bool,
     // Concurrent mode.
     pending_keys: Option<Vec<Event>>,
+    /// Sequential mode, shards with a custom `key()`: a batch whose keys came back, with
+    /// which of its events this shard owns.
+    keyed: Option<(Vec<Event>, Vec<bool>)>,
     pending_hooks: std::collections::VecDeque<u64>,
     pending_signal: Option<Event>,
     failed_seq: Option<u64>,
@@ -199,6 +204,7 @@ impl Driver {
             last_snapshot: None,
             seen_live: false,
             pending_keys: None,
+            keyed: None,
             pending_hooks: std::collections::VecDeque::new(),
             pending_signal: None,
             failed_seq: None,
@@ -249,9 +255,10 @@ impl Driver {
                                 want,
                             });
                         }
-                        // A stored position that cannot be read fails here, before the
-                        // processor loads the state.
+                        // A stored position that cannot be read, or one of another shard
+                        // layout, fails here, before the processor loads the state.
                         stored_position(&cfg.client_id, &cp.value)?;
+                        cfg.shard_layout().check_stored(&cfg.client_id, &cp.value)?;
                         return Ok(Some(cp));
                     }
                     Err(Error::CheckpointNotFound(_)) => return Ok(None),
@@ -432,19 +439,7 @@ impl Driver {
             Phase::Done => Action::Done(Ok(())),
             Phase::Running if self.concurrent => self.next_concurrent(now),
             Phase::Draining => self.next_draining(now),
-            Phase::Running => {
-                if let Some(a) = self.housekeeping(now) {
-                    return a;
-                }
-                match self.buffer.take(self.cfg.max_batch) {
-                    Taken::Events(batch) => self.hand_out(now, batch),
-                    Taken::Signal(ev) => self.signal(ev),
-                    // Nothing to handle. If a write is due, one is in flight and its completion
-                    // wakes us; otherwise the next event or the flush deadline does.
-                    Taken::Empty => Action::Wait(self.next_flush),
-                    Taken::Ended(err) => self.ended(now, err),
-                }
-            }
+            Phase::Running => self.next_sequential(now),
             Phase::FinalFlush => {
                 self.phase = Phase::FinalSnapshot;
                 Action::Flush
@@ -484,40 +479,6 @@ impl Driver {
         }
     }
 
-    /// Sequential mode: hands a batch to the processor. Events a previous run completed
-    /// (stored above its watermark) are left out but keep their place.
-    fn hand_out(&mut self, now: Instant, batch: Vec<Event>) -> Action {
-        if !self.lanes.has_carried() {
-            let last = batch
-                .iter()
-                .rev()
-                .find_map(|e| e.cursor.as_ref().filter(|c| !c.is_empty()).cloned());
-            self.outstanding = Some((batch.len(), self.batch_started(), Outstanding::Last(last)));
-            return Action::Handle(batch);
-        }
-        let cursors: Vec<Option<String>> = batch
-            .iter()
-            .map(|e| e.cursor.clone().filter(|c| !c.is_empty()))
-            .collect();
-        let batch: Vec<Event> = batch
-            .into_iter()
-            .filter(|e| {
-                !e.cursor
-                    .as_deref()
-                    .is_some_and(|c| self.lanes.is_loaded_completed(c))
-            })
-            .collect();
-        if batch.is_empty() {
-            for c in cursors {
-                self.lanes.admit_done(c);
-            }
-            self.sync_watermark();
-            return self.next_action(now);
-        }
-        self.outstanding = Some((batch.len(), self.batch_started(), Outstanding::All(cursors)));
-        Action::Handle(batch)
-    }
-
     fn finish(&mut self, r: Result<()>) -> Action {
         self.phase = Phase::Done;
         self.stats.stopped();
@@ -542,6 +503,14 @@ impl Driver {
                     self.lanes.admit_done(Some(c));
                 }
                 Outstanding::Last(None) => {}
+                Outstanding::Shard(handled, last) => {
+                    if let Some(c) = &handled {
+                        self.stats.set_last_cursor(c);
+                    }
+                    if last.is_some() {
+                        self.lanes.admit_done(last);
+                    }
+                }
                 Outstanding::All(all) => {
                     for c in all {
                         if let Some(c) = &c {
@@ -591,6 +560,8 @@ pub async fn wait(wake: Arc<Wake>, deadline: Instant) {
 
 #[path = "driver_concurrent.rs"]
 mod concurrent;
+#[path = "driver_sequential.rs"]
+mod sequential;
 #[path = "driver_snapshot.rs"]
 mod snapshot;
 pub use concurrent::Report;

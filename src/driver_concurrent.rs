@@ -68,9 +68,11 @@ impl Driver {
             return Ok(());
         }
         if !self.concurrent {
-            return Err(Error::Invalid(
-                "report() is only used when events run concurrently".into(),
-            ));
+            if !(report.done.is_empty() && report.failed.is_empty() && report.cancelled.is_empty())
+            {
+                return self.sequential_keys(None);
+            }
+            return self.sequential_keys(report.keys);
         }
         let ended = report.done.iter().chain(&report.failed);
         self.stats.tasks_ended(ended.chain(&report.cancelled));
@@ -117,9 +119,18 @@ impl Driver {
                     events.len()
                 )));
             }
+            let layout = self.cfg.shard_layout();
+            let mut foreign = 0;
             for (key, event) in keys.into_iter().zip(events) {
-                self.admit(key, event);
+                if layout.is_whole() || layout.owns(key.as_deref()) {
+                    self.admit(key, event);
+                } else {
+                    foreign += 1;
+                    self.lanes
+                        .admit_done(event.cursor.filter(|c| !c.is_empty()));
+                }
             }
+            Stats::add(&self.stats.events_foreign, foreign);
         }
         let failed_now = self.lanes.stats().failed_events - failed_before;
         let handled = (report.done.len() as u64).saturating_sub(failed_now);
@@ -138,6 +149,27 @@ impl Driver {
     fn admit(&mut self, key: Option<String>, event: Event) {
         let cursor = event.cursor.clone().filter(|c| !c.is_empty());
         if let Admitted::AlreadyDone(_) = self.lanes.admit(key, cursor, event) {
+            self.sync_watermark();
+        }
+    }
+
+    /// Shards, default key: admits the events of this shard (the key is read and hashed in
+    /// Rust); an event of another shard counts as done at once, so the watermark moves over it
+    /// (docs/semantics.md, "Shards").
+    fn admit_sharded(&mut self, batch: Vec<Event>) {
+        let layout = self.cfg.shard_layout();
+        let mut foreign = 0;
+        for e in batch {
+            match layout.own_default_key(&e.kind, &e.data) {
+                Some(key) => self.admit(key, e),
+                None => {
+                    foreign += 1;
+                    self.lanes.admit_done(e.cursor.filter(|c| !c.is_empty()));
+                }
+            }
+        }
+        if foreign > 0 {
+            Stats::add(&self.stats.events_foreign, foreign);
             self.sync_watermark();
         }
     }
@@ -171,6 +203,10 @@ impl Driver {
                         if self.cfg.custom_key {
                             self.pending_keys = Some(batch.clone());
                             return Action::Keys(batch);
+                        }
+                        if self.cfg.shard_count > 1 {
+                            self.admit_sharded(batch);
+                            continue;
                         }
                         for e in batch {
                             let key = default_key(&e.kind, &e.data);

@@ -5,7 +5,7 @@
 
 use super::Driver;
 use crate::error::{Error, Result};
-use crate::lanes::checkpoint::write_position;
+use crate::lanes::checkpoint::{write_layout, write_position};
 use crate::stats::Stats;
 
 impl Driver {
@@ -34,14 +34,19 @@ impl Driver {
             self.checkpoints.max_message_size(),
         )
         .map_err(Error::Invalid)?;
-        if write_position(&mut value, watermark.as_deref(), &completed).is_err() && self.concurrent
+        let layout = self.cfg.shard_layout();
+        if write_position(&mut value, watermark.as_deref(), &completed).is_err()
+            && (self.concurrent || !layout.is_whole())
         {
             return Err(Error::Invalid(
                 "snapshot() must return a JSON object when max_concurrency > 1 or retries or \
-                 on_failure=\"skip\" are on: the runtime stores its position in it"
+                 on_failure=\"skip\" or shard_count > 1 are on: the runtime stores its \
+                 position in it"
                     .into(),
             ));
         }
+        // The shard layout sits next to the position (removed when there is one shard).
+        let _ = write_layout(&mut value, layout);
         let stored = value.to_string();
         self.last_snapshot = Some((json, watermark, completed));
         if self.last_saved.as_deref() == Some(stored.as_str()) {

@@ -714,3 +714,6 @@ mod concurrent;
 
 #[path = "driver_hardening_tests.rs"]
 mod hardening;
+
+#[path = "driver_shard_tests.rs"]
+mod shard;

@@ -4,6 +4,7 @@
 //! - [`grpc`]: tonic clients for the Memory Service (events and checkpoints).
 //! - [`stream_loop`]: subscribe / reconnect / stale cursor / eviction, feeding [`buffer`].
 //! - [`driver`]: the processor-side state machine (batches, flushes, snapshots, stop).
+//! - [`shard`]: which events a shard keeps (the documented key hash) and its stored layout.
 //! - [`checkpoint_writer`]: non-blocking, coalescing checkpoint writes.
 //! - [`local_server`] (feature `local-server`): `LocalMemoryService`, a real gRPC server for
 //!   tests, benchmarks and the demo.
@@ -29,6 +30,7 @@ pub mod lanes;
 pub mod local_server;
 pub mod model;
 pub mod payload;
+pub mod shard;
 pub mod stats;
 pub mod stream_loop;
 pub mod upstream;

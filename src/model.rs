@@ -151,6 +151,10 @@ pub struct LoopConfig {
     pub on_failure: OnFailure,
     /// The processor computes lane keys itself (`key()` overridden): the driver asks for them.
     pub custom_key: bool,
+    /// Shards: this run handles the events whose key hashes to `shard_index` among
+    /// `shard_count` (`crate::shard`); `1` handles every event and never reads a key for it.
+    pub shard_count: u32,
+    pub shard_index: u32,
 }
 
 impl Default for LoopConfig {
@@ -181,6 +185,8 @@ impl Default for LoopConfig {
             retry_max: Duration::from_secs(30),
             on_failure: OnFailure::Stop,
             custom_key: false,
+            shard_count: 1,
+            shard_index: 0,
         }
     }
 }
@@ -209,7 +215,16 @@ impl LoopConfig {
                 "buffer_size, buffer_bytes and max_batch must be at least 1".into(),
             ));
         }
+        self.shard_layout().validate()?;
         self.lanes_config().validate()
+    }
+
+    /// The share of the stream this run handles.
+    pub fn shard_layout(&self) -> crate::shard::ShardLayout {
+        crate::shard::ShardLayout {
+            index: self.shard_index,
+            count: self.shard_count,
+        }
     }
 
     /// True when events run as tasks (keyed lanes, retries or skip); false for the default

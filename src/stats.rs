@@ -50,6 +50,8 @@ pub struct Stats {
     pub events_pending: AtomicU64,
     pub retries: AtomicU64,
     pub failed_events: AtomicU64,
+    /// Shards: events of other shards, dropped before the processor.
+    pub events_foreign: AtomicU64,
     pub watermark: Mutex<Option<String>>,
     phase: AtomicU8,
     pub last_cursor: Mutex<Option<String>>,

@@ -54,7 +54,10 @@ def test_the_duration_and_size_settings_are_the_expected_ones() -> None:
         "checkpoint_interval", "reconnect_min", "reconnect_max", "stop_timeout", "retry_min", "retry_max",
     ]
     assert CONNECTION_DURATIONS == ["keepalive_interval", "keepalive_timeout", "connect_timeout", "request_timeout"]
-    assert CONFIG_SIZES == ["checkpoint_every", "buffer_size", "buffer_bytes", "max_batch", "max_concurrency", "max_attempts"]
+    assert CONFIG_SIZES == [
+        "checkpoint_every", "buffer_size", "buffer_bytes", "max_batch", "max_concurrency", "max_attempts",
+        "shard_count", "shard_index",
+    ]
 
 
 @pytest.mark.parametrize("value", HUGE_DURATIONS, ids=HUGE_IDS)
@@ -210,3 +213,100 @@ def test_the_smallest_accepted_values_run(server) -> None:  # type: ignore[no-un
 
     run(main())
     assert p.handled == ["1", "2", "3", "4", "5"]
+
+
+# -- shards ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw, error, match",
+    [
+        ({"shard_count": 0}, ConfigurationError, "shard_count must be at least 1"),
+        ({"shard_count": -2}, ConfigurationError, "shard_count must be at least 1"),
+        ({"shard_count": 1025}, ConfigurationError, "shard_count must be at most 1024"),
+        ({"shard_count": 10**400}, ConfigurationError, "shard_count must be at most 1024"),
+        ({"shard_count": "3"}, TypeError, "shard_count must be an int"),
+        ({"shard_count": True}, TypeError, "shard_count must be an int"),
+        ({"shard_count": 2.0}, TypeError, "shard_count must be an int"),
+        ({"shard_index": -1}, ConfigurationError, "shard_index must be at least 0"),
+        ({"shard_index": 1024, "shard_count": 1024}, ConfigurationError, "shard_index must be at most 1023"),
+        ({"shard_index": "0"}, TypeError, "shard_index must be an int"),
+        ({"shard_index": False}, TypeError, "shard_index must be an int"),
+        ({"shard_index": 3, "shard_count": 3}, ConfigurationError, r"shard_index \(3\) must be less than shard_count \(3\)"),
+        ({"shard_index": 1}, ConfigurationError, r"shard_index \(1\) must be less than shard_count \(1\)"),
+    ],
+    ids=repr,
+)
+def test_bad_shard_layouts_are_refused_naming_the_fields(kw: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        Config(client_id="p", **kw)
+
+
+def test_the_shard_limits_themselves_are_accepted() -> None:
+    c = Config(client_id="p", shard_count=1024, shard_index=1023)
+    assert (c.shard_count, c.shard_index) == (1024, 1023)
+    c = Config(client_id="p")
+    assert (c.shard_count, c.shard_index) == (1, 0)
+
+
+def _shard_values(argv: list, environ: dict, hostname: str) -> dict:
+    from memory_service_processor._cli import build_parser
+    from memory_service_processor._cli.options import resolve_options, shard_index_from_hostname
+
+    args = build_parser().parse_args(["run", "x:Y", *argv])
+    values = resolve_options(args, environ)
+    shard_index_from_hostname(values, args, hostname, environ)
+    return values
+
+
+@pytest.mark.parametrize(
+    "hostname, index",
+    [("summarizer-2", 2), ("summarizer-0", 0), ("my-app-v2-17", 17), ("summarizer-3.summarizer.ns.svc.cluster.local", 3)],
+)
+def test_the_shard_index_comes_from_the_host_name_ordinal(hostname: str, index: int) -> None:
+    v = _shard_values(["--shard-index-from-hostname", "true", "--shard-count", "64"], {}, hostname)
+    assert v["shard_index"] == index
+    env = {"MEMORY_SERVICE_PROCESS_SHARD_INDEX_FROM_HOSTNAME": "true", "MEMORY_SERVICE_PROCESS_SHARD_COUNT": "64"}
+    assert _shard_values([], env, hostname)["shard_index"] == index
+    # Off (the default): the host name is not read.
+    assert _shard_values([], {}, hostname)["shard_index"] == 0
+
+
+@pytest.mark.parametrize("hostname", ["summarizer", "summarizer-", "summarizer-x", "", "7"])
+def test_a_host_name_without_an_ordinal_is_a_usage_error(hostname: str) -> None:
+    from memory_service_processor._cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="does not end with -<ordinal>"):
+        _shard_values(["--shard-index-from-hostname", "true"], {}, hostname)
+
+
+def test_an_explicit_shard_index_must_agree_with_the_host_name() -> None:
+    from memory_service_processor._cli.errors import UsageError
+
+    on = ["--shard-index-from-hostname", "true", "--shard-count", "4"]
+    assert _shard_values([*on, "--shard-index", "2"], {}, "s-2")["shard_index"] == 2
+    with pytest.raises(UsageError, match="gives shard index 2, but --shard-index"):
+        _shard_values([*on, "--shard-index", "1"], {}, "s-2")
+    with pytest.raises(UsageError, match="MEMORY_SERVICE_PROCESS_SHARD_INDEX"):
+        _shard_values(on, {"MEMORY_SERVICE_PROCESS_SHARD_INDEX": "0"}, "s-2")
+
+
+def test_run_takes_the_shard_index_from_the_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run`` resolves the option before it loads anything: an ordinal beyond the count is
+    refused as a configuration error naming both fields."""
+    import socket
+
+    from memory_service_processor._cli import build_parser
+    from memory_service_processor._cli.errors import UsageError
+    from memory_service_processor._cli.run import cmd_run
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "summarizer-5")
+    args = build_parser().parse_args(
+        ["run", "nowhere:Nothing", "--endpoint", "localhost:1", "--client-id", "summarizer-5",
+         "--shard-count", "3", "--shard-index-from-hostname", "true"]
+    )
+    with pytest.raises(UsageError, match=r"shard_index \(5\) must be less than shard_count \(3\)"):
+        cmd_run(args, {})
+    monkeypatch.setattr(socket, "gethostname", lambda: "summarizer")
+    with pytest.raises(UsageError, match="host name 'summarizer'"):
+        cmd_run(args, {})

@@ -26,7 +26,7 @@ CONFIG_FIELDS = (
     "justification", "checkpoint_interval", "checkpoint_every", "reconnect_min", "reconnect_max", "stale_cursor",
     "conversation_ids", "buffer_size", "buffer_bytes", "max_batch", "stop_timeout", "detect_other_writers",
     "max_concurrency", "max_attempts", "retry_min",
-    "retry_max", "on_failure",
+    "retry_max", "on_failure", "shard_count", "shard_index",
 )
 CONNECTION_ATTRIBUTES = (
     "endpoint", "_api_key", "_bearer_token", "client_id", "tls_ca_file", "tls_server_name", "keepalive_interval",
@@ -102,7 +102,8 @@ def test_every_option_has_one_flag_and_one_variable() -> None:
     envs = [o.env for o in OPTIONS]
     assert len(set(flags)) == len(flags) and len(set(envs)) == len(envs)
     assert {o.name for o in CLI_SETTINGS} == {
-        "checkpoint_store", "log_level", "log_format", "metrics_port", "metrics_addr", "health_port", "liveness_timeout"
+        "checkpoint_store", "log_level", "log_format", "metrics_port", "metrics_addr", "health_port", "liveness_timeout",
+        "shard_index_from_hostname",
     }
     # The connection's client id is the Config's: one flag, not two.
     assert [o.name for o in OPTIONS].count("client_id") == 1

@@ -29,6 +29,7 @@ from ._model import (
 from ._processor import EventProcessor
 from ._runtime import Runtime
 from ._stores import FileCheckpointStore, InMemoryCheckpointStore
+from ._native import shard_of
 from .errors import (
     CheckpointNotFoundError,
     ConfigurationError,
@@ -63,6 +64,7 @@ __all__ = [
     "SubscribeRequest",
     "TransientError",
     "parse_duration",
+    "shard_of",
 ]
 
 logging.getLogger("memory_service_processor").addHandler(logging.NullHandler())

@@ -38,6 +38,9 @@ MAX_CONCURRENCY_MAX = 100_000
 #: The largest ``max_attempts``.
 MAX_ATTEMPTS_MAX = 1_000_000
 
+#: The largest ``shard_count``.
+SHARD_COUNT_MAX = 1024
+
 #: The key of a field's :class:`Setting` in ``dataclasses.Field.metadata``.
 SETTING = "memory_service_processor.setting"
 
@@ -54,6 +57,7 @@ def _declare(
     default_doc: Optional[str] = None,
     required: bool = False,
     maximum: Optional[float] = None,
+    minimum: Optional[float] = None,
 ) -> Dict[str, Setting]:
     """The metadata of a :class:`Config` field: its :class:`Setting`, completed by
     :func:`_declared` with the field's name and default, the flag ``--kebab-name`` and the
@@ -73,8 +77,19 @@ def _declare(
         default_doc=default_doc,
         required=required,
         maximum=maximum,
+        minimum=minimum,
     )
     return {SETTING: declared}
+
+
+def _check_index(name: str, value: Any) -> int:
+    """A whole number of at least 0 (the setting's maximum is checked by
+    :meth:`Setting.normalize`)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ConfigurationError(f"{name} must be at least 0, got {value}")
+    return value
 
 
 def _secs(value: Duration) -> float:
@@ -259,6 +274,21 @@ class Config:
             None, choices=("stop", "skip"),
         ),
     )
+    shard_count: int = dataclasses.field(
+        default=1, metadata=_declare(
+            "int",
+            "split the stream among this many processes (shards): each handles the events whose "
+            "`key()` hashes to its `shard_index` and drops the others before they reach Python. "
+            "Each shard needs its own `client_id`",
+            check_count, metavar="N", maximum=SHARD_COUNT_MAX,
+        ),
+    )
+    shard_index: int = dataclasses.field(
+        default=0, metadata=_declare(
+            "int", "which shard this process is, `0` to `shard_count - 1`", _check_index,
+            metavar="I", minimum=0, maximum=SHARD_COUNT_MAX - 1,
+        ),
+    )
 
     def __post_init__(self) -> None:
         for setting in CONFIG_SETTINGS:
@@ -270,6 +300,11 @@ class Config:
         low, high = _secs(self.retry_min), _secs(self.retry_max)
         if high < low:
             raise ConfigurationError(f"retry_max ({high}s) must be at least retry_min ({low}s)")
+        if self.shard_index >= self.shard_count:
+            raise ConfigurationError(
+                f"shard_index ({self.shard_index}) must be less than shard_count ({self.shard_count}): "
+                f"shards are numbered 0 to {self.shard_count - 1}"
+            )
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some fields changed (validated again)."""

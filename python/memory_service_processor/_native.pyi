@@ -23,6 +23,7 @@ __all__ = [
     "NativeEventStream",
     "NativeServer",
     "default_key",
+    "shard_of",
     "reset_log_cache",
     "shutdown_logging",
     "quiesce",
@@ -195,6 +196,10 @@ class NativeServer:
     def finish_response(self, conversation_id: str, status: str) -> str: ...
 
 def default_key(kind: str, data: bytes) -> Optional[str]: ...
+def shard_of(key: Optional[str], shard_count: int) -> int:
+    """The shard (0 to ``shard_count - 1``) of events whose key is ``key``: FNV-1a 64-bit over
+    the key's UTF-8 bytes (offset basis 0xcbf29ce484222325, prime 0x100000001b3), modulo
+    ``shard_count``; a ``None`` key is shard 0. ``ValueError`` if ``shard_count`` < 1."""
 def reset_log_cache() -> None: ...
 def shutdown_logging() -> None: ...
 def quiesce(timeout: float = 1.0) -> None: ...

@@ -346,18 +346,27 @@ class Runtime:
         sleep = asyncio.sleep
         isawaitable = inspect.isawaitable
         Action = _native.Action
-        HANDLE, SIGNAL, FLUSH, SNAPSHOT, WAIT, DONE = (
+        HANDLE, SIGNAL, FLUSH, SNAPSHOT, WAIT, DONE, KEYS = (
             Action.Handle,
             Action.Signal,
             Action.Flush,
             Action.Snapshot,
             Action.Wait,
             Action.Done,
+            Action.Keys,
         )
+        # Shards with a custom key(): the driver asks for the keys of a batch (Action.Keys)
+        # and hands out the events of this shard next.
+        key = getattr(processor, "key", None) if has_custom_key(processor) else None
+        keys: Optional[List[Optional[str]]] = None
         cancelled = False
         try:
             while True:
-                action, payload = next_action()
+                if keys is None:
+                    action, payload = next_action()
+                else:
+                    action, payload = next_action(keys=keys)
+                    keys = None
                 if action is HANDLE:
                     if async_handle:
                         for event in payload:
@@ -403,6 +412,8 @@ class Runtime:
                 elif action is DONE:
                     log.info("processor %s stopped", self.config.client_id, extra={"client_id": self.config.client_id})
                     return cancelled
+                elif action is KEYS:
+                    keys = [_checked_key(processor, key, event) for event in payload]
         except BaseException:
             driver.abort()
             raise

@@ -94,6 +94,7 @@ class Stats(TypedDict):
     busy_seconds: Annotated[
         float, Gauge("how long the oldest handler call in progress has been running, 0 when none")
     ]
+    events_foreign: Annotated[int, Counter("events of other shards, dropped in the core before the processor")]
 
 
 class StatField(NamedTuple):

@@ -102,6 +102,10 @@ pub struct DriverConfig {
     retry_max: f64,
     #[pyo3(attribute)]
     on_failure: String,
+    #[pyo3(attribute)]
+    shard_count: u32,
+    #[pyo3(attribute)]
+    shard_index: u32,
 }
 
 /// The one parser of `on_failure`.
@@ -142,6 +146,8 @@ impl DriverConfig {
             retry_max: secs(self.retry_max, "retry_max")?,
             on_failure: on_failure(&self.on_failure)?,
             custom_key: false,
+            shard_count: self.shard_count,
+            shard_index: self.shard_index,
         })
     }
 }

@@ -307,6 +307,7 @@ impl Driver {
         d.set_item("failed_events", Stats::get(&st.failed_events))?;
         d.set_item("watermark", lock(&st.watermark).clone())?;
         d.set_item("busy_seconds", st.busy_seconds())?;
+        d.set_item("events_foreign", Stats::get(&st.events_foreign))?;
         Ok(d)
     }
 }
@@ -316,6 +317,21 @@ impl Driver {
 #[pyfunction]
 pub fn default_key(kind: &str, data: &[u8]) -> Option<String> {
     crate::payload::default_key(kind, data)
+}
+
+/// The shard (0 to `shard_count - 1`) of events whose key is `key`: FNV-1a 64-bit over the
+/// key's UTF-8 bytes (offset basis 0xcbf29ce484222325, prime 0x100000001b3), modulo
+/// `shard_count`; a `None` key is shard 0. `shard_count` must be at least 1.
+#[pyfunction]
+#[pyo3(signature = (key, shard_count))]
+pub fn shard_of(key: Option<&str>, shard_count: i64) -> PyResult<u64> {
+    let count = u64::try_from(shard_count)
+        .ok()
+        .filter(|c| *c >= 1)
+        .ok_or_else(|| {
+            PyValueError::new_err(format!("shard_count must be at least 1, got {shard_count}"))
+        })?;
+    Ok(crate::shard::shard_of(key, count))
 }
 
 /// What `Driver.load()` resolved to: `text` is the stored value as JSON (None on a first run).

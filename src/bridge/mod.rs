@@ -47,6 +47,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<driver::Driver>()?;
     m.add_class::<driver::LoadResult>()?;
     m.add_function(wrap_pyfunction!(driver::default_key, m)?)?;
+    m.add_function(wrap_pyfunction!(driver::shard_of, m)?)?;
     #[cfg(feature = "local-server")]
     m.add_class::<testing::NativeServer>()?;
     m.add_function(wrap_pyfunction!(logging::reset_log_cache, m)?)?;

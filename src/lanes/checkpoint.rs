@@ -11,8 +11,13 @@
 //!   so a run that never completes out of order (`max_concurrency = 1`) stores exactly the
 //!   format it always did. A reader that only knows `lastEventCursor` resumes after the
 //!   watermark and redoes those events: duplicates, never loss.
+//! - `shardLayout`: `{"index": i, "count": n}`, the share of the stream the position covers
+//!   (`crate::shard`). Only present when `n > 1`; absent means shard 0 of 1, so an unsharded
+//!   run stores exactly the format it always did. A run refuses a checkpoint of another layout.
 
 use serde_json::{Map, Value};
+
+use crate::shard::ShardLayout;
 
 /// The key of the contiguous watermark.
 pub const CURSOR_KEY: &str = "lastEventCursor";
@@ -87,6 +92,13 @@ pub fn write_position(
     Ok(())
 }
 
+/// Writes the shard layout into the processor's snapshot value (see the module doc): the key
+/// is set when there is more than one shard, removed otherwise.
+pub fn write_layout(value: &mut Value, layout: ShardLayout) -> Result<(), NotAnObject> {
+    layout.write(value.as_object_mut().ok_or(NotAnObject)?);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +141,23 @@ mod tests {
         assert_eq!(
             v,
             json!({"lastEventCursor": null, "completedAboveWatermark": ["5"]})
+        );
+    }
+
+    #[test]
+    fn the_layout_sits_next_to_the_cursor_only_when_sharded() {
+        let mut v = json!({"n": 1});
+        write_position(&mut v, Some("7"), &[]).unwrap();
+        write_layout(&mut v, ShardLayout { index: 1, count: 3 }).unwrap();
+        assert_eq!(
+            v,
+            json!({"n": 1, "lastEventCursor": "7", "shardLayout": {"index": 1, "count": 3}})
+        );
+        write_layout(&mut v, ShardLayout::default()).unwrap();
+        assert_eq!(v, json!({"n": 1, "lastEventCursor": "7"}));
+        assert_eq!(
+            write_layout(&mut json!(3), ShardLayout { index: 0, count: 2 }),
+            Err(NotAnObject)
         );
     }
 

@@ -34,6 +34,7 @@ __all__ = [
     "markdown_tables",
     "require",
     "resolve_options",
+    "shard_index_from_hostname",
 ]
 
 #: The options only the command line has.
@@ -83,6 +84,14 @@ CLI_SETTINGS: Tuple[Setting, ...] = (
         default=DEFAULT_LIVENESS_TIMEOUT, flag="--liveness-timeout", env="MEMORY_SERVICE_PROCESS_LIVENESS_TIMEOUT",
         group="cli", metavar="DURATION", default_doc="`10m`",
     ),
+    Setting(
+        "shard_index_from_hostname", "bool",
+        "take `shard_index` from the trailing `-<ordinal>` of the host name (a StatefulSet pod "
+        "name such as `summarizer-2` is shard 2); an error if the name has none or an explicit "
+        "`--shard-index` differs",
+        default=False, flag="--shard-index-from-hostname",
+        env="MEMORY_SERVICE_PROCESS_SHARD_INDEX_FROM_HOSTNAME", group="config", metavar="{true,false}",
+    ),
 )
 
 #: ``run``'s ``--arg``: its flag and help (a plain argparse option, listed in the README's table).
@@ -96,6 +105,7 @@ OPTIONS: Tuple[Setting, ...] = (
     tuple(s for s in CONNECTION_SETTINGS if s.flag)
     + tuple(s for s in CLI_SETTINGS if s.group == "connection")
     + CONFIG_SETTINGS
+    + tuple(s for s in CLI_SETTINGS if s.group == "config")
     + tuple(s for s in CLI_SETTINGS if s.group == "cli")
 )
 
@@ -253,6 +263,40 @@ def require(values: Mapping[str, Any], name: str) -> Any:
         o = _BY_NAME[name]
         raise UsageError(f"{o.flag} (or {o.env}) is required")
     return value
+
+
+_ORDINAL = re.compile(r"-([0-9]+)$")
+
+
+def shard_index_from_hostname(
+    values: Dict[str, Any],
+    args: argparse.Namespace,
+    hostname: str,
+    environ: Optional[Mapping[str, str]] = None,
+) -> None:
+    """With ``shard_index_from_hostname`` on, sets ``values["shard_index"]`` to the ordinal
+    at the end of ``hostname``'s first label (``summarizer-2`` and
+    ``summarizer-2.summarizer.ns.svc`` give 2). Raises :class:`UsageError` when the name has
+    no ``-<ordinal>``, or when ``--shard-index`` (or its variable) gives another index."""
+    if not values.get("shard_index_from_hostname"):
+        return
+    name = hostname.strip().split(".", 1)[0]
+    match = _ORDINAL.search(name)
+    if match is None:
+        raise UsageError(
+            f"--shard-index-from-hostname: the host name {shown_value(hostname)} does not end "
+            "with -<ordinal> (a StatefulSet pod name such as summarizer-2); pass --shard-index instead"
+        )
+    index = int(match.group(1))
+    env = os.environ if environ is None else environ
+    o = _BY_NAME["shard_index"]
+    explicit = getattr(args, "shard_index", None) is not None or bool(env.get(o.env or "", "").strip())
+    if explicit and values.get("shard_index") != index:
+        raise UsageError(
+            f"--shard-index-from-hostname: the host name {shown_value(hostname)} gives shard index "
+            f"{index}, but {o.flag} (or {o.env}) says {values.get('shard_index')}; give one of them"
+        )
+    values["shard_index"] = index
 
 
 def build_config(values: Mapping[str, Any]) -> Config:

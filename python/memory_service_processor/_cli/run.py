@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 from typing import Any, Mapping, Optional
 
 from .._runtime import Runtime
@@ -20,6 +21,7 @@ from .options import (
     connection_kwargs,
     require,
     resolve_options,
+    shard_index_from_hostname,
 )
 from .signals import GracefulSignals
 from .telemetry import setup_logging, start_telemetry
@@ -57,6 +59,7 @@ def cmd_run(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = Non
     values = resolve_options(args, environ)
     setup_logging(values)
     endpoint = require(values, "endpoint")
+    shard_index_from_hostname(values, args, socket.gethostname(), environ)
     config = build_config(values)
     processor = load_processor(args.target, processor_kwargs(args.processor_args))
     try:
@@ -70,11 +73,13 @@ def cmd_run(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = Non
         raise UsageError(str(e)) from None
     telemetry = start_telemetry(values, runtime)
     log.info(
-        "running %s as client_id=%s against %s (after_cursor=%s)",
+        "running %s as client_id=%s against %s (after_cursor=%s, shard %d of %d)",
         type(processor).__name__,
         config.client_id,
         endpoint,
         config.after_cursor or "<tail>",
+        config.shard_index,
+        config.shard_count,
         extra={"client_id": config.client_id},
     )
     try:

@@ -253,10 +253,11 @@ class ProcessorRun:
                 self._check()
 
     def _concurrent(self) -> bool:
-        """Events complete out of order (concurrency, retries or skip): a target counts as
-        handled once the runtime's watermark reached it."""
+        """Events complete out of order (concurrency, retries or skip), or the processor never
+        sees some of them (shards): a target counts as handled once the runtime's watermark
+        reached it."""
         c = self.config
-        return c.max_concurrency > 1 or c.max_attempts > 1 or c.on_failure != "stop"
+        return c.max_concurrency > 1 or c.max_attempts > 1 or c.on_failure != "stop" or c.shard_count > 1
 
     def _satisfied(self, target: Optional[str], live_ok: bool) -> bool:
         if live_ok and self._live_seen:
