@@ -34,10 +34,9 @@ pytestmark = pytest.mark.skipif(
 
 #: The environment variable of each option of ``run``, by setting name.
 ENV = {o.name: o.env for o in OPTIONS if o.env}
-#: Variables the manifests set whose option another part of the package declares (the shard
-#: settings); checked against the options once they are there.
-SHARD_COUNT_ENV = "MEMORY_SERVICE_PROCESS_SHARD_COUNT"
-SHARD_FLAG = "--shard-index-from-hostname"
+#: The shard settings the manifests rely on (their declarations are the options').
+SHARD_COUNT_ENV = ENV["shard_count"]
+SHARD_FLAG = next(o.flag for o in OPTIONS if o.name == "shard_index_from_hostname")
 
 
 def render(path: Path) -> List[Dict[str, Any]]:
@@ -82,14 +81,12 @@ def test_replicas_and_shard_count_are_set_together(rendered: Rendered, example: 
     assert rendered.statefulset["spec"]["replicas"] == int(rendered.settings[SHARD_COUNT_ENV])
     assert example.statefulset["spec"]["replicas"] == 3  # the overlay's 3 shards
     assert rendered.statefulset["spec"]["podManagementPolicy"] == "Parallel"
-    if "shard_count" in ENV:  # the shard settings' own declaration
-        assert ENV["shard_count"] == SHARD_COUNT_ENV
 
 
 def test_every_variable_is_an_option_of_run(rendered: Rendered) -> None:
     """A misspelt variable would be ignored silently by the processor: every
     ``MEMORY_SERVICE_*`` variable the manifests set is one that ``run`` reads."""
-    known = set(ENV.values()) | {SHARD_COUNT_ENV}
+    known = set(ENV.values())
     names = [n for n in list(rendered.settings) + list(rendered.env) if n.startswith("MEMORY_SERVICE_")]
     assert names and set(names) <= known, sorted(set(names) - known)
 

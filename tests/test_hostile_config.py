@@ -266,6 +266,9 @@ def _shard_values(argv: list, environ: dict, hostname: str) -> dict:
 def test_the_shard_index_comes_from_the_host_name_ordinal(hostname: str, index: int) -> None:
     v = _shard_values(["--shard-index-from-hostname", "true", "--shard-count", "64"], {}, hostname)
     assert v["shard_index"] == index
+    # The bare flag (as deploy/kubernetes passes it) means true; `false` turns it off.
+    assert _shard_values(["--shard-index-from-hostname", "--shard-count", "64"], {}, hostname)["shard_index"] == index
+    assert _shard_values(["--shard-index-from-hostname", "false", "--shard-count", "64"], {}, hostname)["shard_index"] == 0
     env = {"MEMORY_SERVICE_PROCESS_SHARD_INDEX_FROM_HOSTNAME": "true", "MEMORY_SERVICE_PROCESS_SHARD_COUNT": "64"}
     assert _shard_values([], env, hostname)["shard_index"] == index
     # Off (the default): the host name is not read.

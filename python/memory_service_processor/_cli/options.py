@@ -145,6 +145,10 @@ def add_options(
             }
             if o.kind == "list":
                 kwargs["action"] = "append"
+            if o.kind == "bool":
+                # `--flag` alone means `--flag true`; `--flag false` still turns it off.
+                kwargs["nargs"] = "?"
+                kwargs["const"] = "true"
             if o.choices:
                 kwargs["metavar"] = "{" + ",".join(o.choices) + "}"
             elif o.metavar:
