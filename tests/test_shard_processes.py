@@ -25,7 +25,7 @@ from memory_service_processor.testing.events import synthetic_entries
 
 pytestmark = pytest.mark.timeout(240)
 
-HELPER = Path(__file__).parent / "helpers" / "shard_processor.py"
+HELPER = Path(__file__).parent / "helpers" / "conc_processor.py"
 EVENTS = 30_000
 CONVERSATIONS = 500
 SHARDS = 3
@@ -36,8 +36,8 @@ CONCURRENCY = (1, 8, 32)
 def spawn(endpoint: str, index: int, out: Path, logs: Path, n: int) -> subprocess.Popen:
     err = open(logs / f"shard-{index}-{n}.stderr", "wb")
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
-    argv = [sys.executable, str(HELPER), endpoint, f"shard-{index}", str(out), str(index), str(SHARDS),
-            str(CONCURRENCY[index])]
+    argv = [sys.executable, str(HELPER), endpoint, f"shard-{index}", str(out), str(CONCURRENCY[index]), str(index),
+            str(SHARDS)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
 
 
