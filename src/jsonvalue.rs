@@ -218,6 +218,18 @@ fn need(buf: &impl Buf, n: usize) -> Result<(), DecodeError> {
 
 /// Reads one field of wire type `wt` from a slice (length-delimited payloads are borrowed).
 fn read_field<'a>(buf: &mut &'a [u8], wt: WireType) -> Result<Field<'a>, DecodeError> {
+    if wt != WireType::LengthDelimited {
+        return read_scalar(buf, wt);
+    }
+    let n = read_len(buf)?;
+    let (data, rest) = buf.split_at(n);
+    *buf = rest;
+    Ok(Field::Bytes(data))
+}
+
+/// Reads a field that is not length-delimited (varint, fixed 64, skipped fixed 32; groups are
+/// refused) from any buffer.
+fn read_scalar<'a>(buf: &mut impl Buf, wt: WireType) -> Result<Field<'a>, DecodeError> {
     Ok(match wt {
         WireType::Varint => Field::Varint(decode_varint(buf)?),
         WireType::SixtyFourBit => {
@@ -230,17 +242,22 @@ fn read_field<'a>(buf: &mut &'a [u8], wt: WireType) -> Result<Field<'a>, DecodeE
             Field::Other
         }
         WireType::LengthDelimited => {
-            let n = usize::try_from(decode_varint(buf)?)
-                .map_err(|_| decode_error("length too large".into()))?;
-            need(buf, n)?;
-            let (data, rest) = buf.split_at(n);
-            *buf = rest;
-            Field::Bytes(data)
+            return Err(decode_error(
+                "a length-delimited field read as a scalar".into(),
+            ))
         }
         WireType::StartGroup | WireType::EndGroup => {
             return Err(decode_error("groups are not supported".into()))
         }
     })
+}
+
+/// The length prefix of a length-delimited field, checked against what the buffer holds.
+fn read_len(buf: &mut impl Buf) -> Result<usize, DecodeError> {
+    let n = usize::try_from(decode_varint(buf)?)
+        .map_err(|_| decode_error("length too large".into()))?;
+    need(buf, n)?;
+    Ok(n)
 }
 
 fn utf8(data: &[u8]) -> Result<String, DecodeError> {
@@ -349,27 +366,12 @@ impl prost::Message for WireValue {
         // The top level of the value: its payload is gathered once, then decoded as a slice
         // with this module's own depth limit (prost's is not involved below this point).
         let data;
-        let field = match wire_type {
-            WireType::Varint => Field::Varint(decode_varint(buf)?),
-            WireType::SixtyFourBit => {
-                need(buf, 8)?;
-                Field::Fixed64(buf.get_u64_le())
-            }
-            WireType::ThirtyTwoBit => {
-                need(buf, 4)?;
-                buf.advance(4);
-                Field::Other
-            }
-            WireType::LengthDelimited => {
-                let n = usize::try_from(decode_varint(buf)?)
-                    .map_err(|_| decode_error("length too large".into()))?;
-                need(buf, n)?;
-                data = buf.copy_to_bytes(n);
-                Field::Bytes(&data)
-            }
-            WireType::StartGroup | WireType::EndGroup => {
-                return Err(decode_error("groups are not supported".into()))
-            }
+        let field = if wire_type == WireType::LengthDelimited {
+            let n = read_len(buf)?;
+            data = buf.copy_to_bytes(n);
+            Field::Bytes(&data)
+        } else {
+            read_scalar(buf, wire_type)?
         };
         merge_value_field(&mut self.0, tag, field, 0)
     }

@@ -137,3 +137,28 @@ def test_concurrency_bench_smoke_run(tmp_path: Path) -> None:
         assert r["events_per_s"] > 0 and r["loop_cpu_us_per_event"] > 0
         assert f"| {r['what']} " in proc.stdout
     assert ran[1]["peak_in_flight"] == alone[1]["peak_in_flight"] == 1
+
+
+SHARDS = ROOT / "bench" / "shards.py"
+
+
+@pytest.mark.timeout(240)
+def test_shards_bench_smoke_run(tmp_path: Path) -> None:
+    """``bench/shards.py`` end to end on a tiny stream: both scaling cases and both drop-cost
+    cases run, the two shards split the events between them, and the all-foreign shard hands
+    nothing to Python (its events are counted as foreign). No timing is asserted."""
+    out = tmp_path / "shards.json"
+    proc = subprocess.run(
+        [sys.executable, str(SHARDS), "--events", "400", "--drop-events", "3000", "--repeat", "1",
+         "--work-us", "20", "--json", str(out)],
+        cwd=str(ROOT), capture_output=True, text=True, timeout=220,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert {p["handled"] for p in results["1 process"][0]["processes"]} == {400}
+    shares = [p["handled"] for p in results["2 shards"][0]["processes"]]
+    assert sum(shares) == 400 and min(shares) > 0
+    foreign = results["all foreign"][0]["processes"][0]
+    assert foreign["handled"] == 0 and foreign["foreign"] == 3000
+    assert results["all own"][0]["processes"][0]["handled"] == 3000
+    assert "2 shard processes" in proc.stdout and "Drop cost per foreign event" in proc.stdout
