@@ -9,7 +9,9 @@ side in one run, each a fresh client id replaying the same preloaded
 Per case: events/s, its ratio to the sequential rate and to the ideal
 ``min(N / 20 ms, CPU limit)`` (the CPU limit being one event per loop-thread CPU time per
 event), the loop thread's CPU time per event (``time.thread_time()`` deltas taken on the loop
-thread), and the most handlers seen in flight at once. A second row per value, "asyncio
+thread), the most handlers seen in flight at once, and the mean number in flight (the time
+spent inside ``handle``, summed, over the measured time: below N, slots sat idle between a
+handler's return and the next start). A second row per value, "asyncio
 alone", runs the same handler over the same events with N plain asyncio workers and no
 runtime (no keys, no checkpoints): the ceiling that Python's event loop sets on this machine.
 Timing runs from the first ``handle``
@@ -68,13 +70,15 @@ class ModelCaller(EventProcessor):
         self.done = 0
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.busy = 0.0  # seconds spent inside handle, summed over the calls
         self.t0 = self.t1 = 0.0
         self.cpu0 = self.cpu1 = 0.0
         self.finished = asyncio.Event()
 
     async def handle(self, event: EventEnvelope) -> None:
+        began = time.perf_counter()
         if not self.t0:
-            self.t0, self.cpu0 = time.perf_counter(), time.thread_time()
+            self.t0, self.cpu0 = began, time.thread_time()
         self.in_flight += 1
         if self.in_flight > self.peak_in_flight:
             self.peak_in_flight = self.in_flight
@@ -86,6 +90,7 @@ class ModelCaller(EventProcessor):
         self.per_conversation[conversation] = self.per_conversation.get(conversation, 0) + 1
         self.done += 1
         self.last_event_cursor = event.cursor
+        self.busy += time.perf_counter() - began
         if self.done == self.target:
             self.t1, self.cpu1 = time.perf_counter(), time.thread_time()
             self.finished.set()
@@ -120,6 +125,7 @@ async def run_case(endpoint: str, concurrency: int, events: int, delay: float) -
         "events_per_s": events / seconds,
         "loop_cpu_us_per_event": cpu / events * 1e6,
         "peak_in_flight": processor.peak_in_flight,
+        "mean_in_flight": processor.busy / seconds,
         "stats": dict(runtime.stats()),
     }
 
@@ -143,6 +149,7 @@ async def run_baseline(envelopes: Sequence[EventEnvelope], concurrency: int, eve
         "events_per_s": events / seconds,
         "loop_cpu_us_per_event": (processor.cpu1 - processor.cpu0) / events * 1e6,
         "peak_in_flight": processor.peak_in_flight,
+        "mean_in_flight": processor.busy / seconds,
     }
 
 
@@ -156,7 +163,7 @@ def table(results: List[Dict[str, Any]], delay: float, total_events: int) -> str
     """The Markdown table of the cases."""
     rows = [
         ("what", "max_concurrency", "events", "events/s", "x sequential", "ideal events/s", "x ideal", "loop CPU us/event",
-         "peak in flight", "notes"),
+         "peak in flight", "mean in flight", "notes"),
     ]
     for r in results:
         sequential = next((s for s in results if s["max_concurrency"] == 1 and s["what"] == r["what"]), None)
@@ -172,10 +179,10 @@ def table(results: List[Dict[str, Any]], delay: float, total_events: int) -> str
         rows.append((
             r["what"], str(n), f"{r['events']:,}", f"{r['events_per_s']:,.0f}", x_seq, f"{best:,.0f}",
             f"{r['events_per_s'] / best:.0%}", f"{r['loop_cpu_us_per_event']:.1f}", str(r["peak_in_flight"]),
-            "; ".join(notes),
+            f"{r['mean_in_flight']:.1f}", "; ".join(notes),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {2, 3, 4, 5, 6, 7, 8}
+    right = {2, 3, 4, 5, 6, 7, 8, 9}
 
     def line(row: Sequence[str]) -> str:
         cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
@@ -227,7 +234,7 @@ async def main_async(args: argparse.Namespace) -> Dict[str, Any]:
             log(f"max_concurrency={n}: {events:,} events, handler awaits {args.delay * 1000:g} ms ...")
             result = await run_case(server.endpoint, n, events, args.delay)
             log(f"  {result['events_per_s']:,.0f} events/s, loop CPU {result['loop_cpu_us_per_event']:.1f} us/event, "
-                f"peak in flight {result['peak_in_flight']}")
+                f"peak in flight {result['peak_in_flight']}, mean {result['mean_in_flight']:.1f}")
             results.append(result)
         if not args.no_baseline:
             for n in sorted(set(levels) | set(skipped)):

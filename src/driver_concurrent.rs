@@ -48,12 +48,21 @@ impl Driver {
 
     /// The lanes' gauges for `stats()`: handlers in progress and admitted events not done.
     fn store_lane_gauges(&self) {
-        let lanes = self.lanes.stats();
         let relaxed = std::sync::atomic::Ordering::Relaxed;
-        self.stats.in_flight.store(lanes.in_flight as u64, relaxed);
+        self.stats
+            .in_flight
+            .store(self.lanes.in_flight() as u64, relaxed);
         self.stats
             .events_pending
-            .store(lanes.unfinished as u64, relaxed);
+            .store(self.lanes.unfinished() as u64, relaxed);
+    }
+
+    /// One handler call returned after `nanos`: the handle-time stats count each call
+    /// (`handle_seconds_max` is then the slowest call).
+    fn record_call(&self, nanos: u64) {
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.stats.handle_ns_total.fetch_add(nanos, relaxed);
+        self.stats.handle_ns_max.fetch_max(nanos, relaxed);
     }
 
     /// True when events run as tasks ([`Action::Start`]) rather than in batches.
@@ -76,13 +85,18 @@ impl Driver {
         }
         let ended = report.done.iter().chain(&report.failed);
         self.stats.tasks_ended(ended.chain(&report.cancelled));
-        let failed_before = self.lanes.stats().failed_events;
+        let failed_before = self.lanes.failed_events();
         let mut last_cursor = None;
         for &seq in &report.done {
             if let Some(c) = self.lanes.item(seq).and_then(|e| e.cursor.clone()) {
                 last_cursor = Some(c);
             }
+            let started = self.lanes.started_at(seq);
             self.lanes.completed(seq)?;
+            if let Some(t) = started {
+                let nanos = u64::try_from(now.saturating_duration_since(t).as_nanos());
+                self.record_call(nanos.unwrap_or(u64::MAX));
+            }
         }
         for &seq in &report.cancelled {
             self.lanes.cancelled(seq)?;
@@ -132,7 +146,7 @@ impl Driver {
             }
             Stats::add(&self.stats.events_foreign, foreign);
         }
-        let failed_now = self.lanes.stats().failed_events - failed_before;
+        let failed_now = self.lanes.failed_events() - failed_before;
         let handled = (report.done.len() as u64).saturating_sub(failed_now);
         self.handled_total += handled;
         Stats::add(&self.stats.events_handled, handled);
@@ -143,6 +157,29 @@ impl Driver {
         self.store_lane_gauges();
         self.sync_watermark();
         Ok(())
+    }
+
+    /// One handler returned (concurrent mode), reported as soon as it returns rather than with
+    /// the next [`Driver::next_action`]: applies it, then hands out the events that may start
+    /// now (the lanes' rules decide, exactly as in `next_action`). While anything else is
+    /// pending (a stop, a failed event to raise, skip hooks, keys to compute) it only applies
+    /// the completion and starts nothing; `next_action` takes over. It never admits events
+    /// from the buffer nor takes a snapshot: the owner still calls `next_action` afterwards
+    /// for those.
+    pub fn complete(&mut self, now: Instant, seq: u64) -> Result<Option<Action>> {
+        self.report(
+            now,
+            Report {
+                done: vec![seq],
+                ..Report::default()
+            },
+        )?;
+        let quiet = self.phase == Phase::Running
+            && self.failed_seq.is_none()
+            && self.pending_hooks.is_empty()
+            && self.pending_keys.is_none()
+            && !self.stop.is_cancelled();
+        Ok(if quiet { self.start_now(now) } else { None })
     }
 
     /// Admits one event into its lane (dropped when a previous run completed it).

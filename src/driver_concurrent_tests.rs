@@ -47,6 +47,11 @@ struct Conc {
     stop_after: Option<usize>,
     cancelled: Vec<u64>,
     custom_key: bool,
+    /// Report completions one by one with `Driver::complete` (as the Python loop does while
+    /// it waits) and start what it returns at once.
+    inline: bool,
+    /// The last run's stats.
+    stats: Option<Arc<crate::stats::Stats>>,
 }
 
 impl Conc {
@@ -66,6 +71,8 @@ impl Conc {
             stop_after: None,
             cancelled: Vec::new(),
             custom_key: false,
+            inline: false,
+            stats: None,
         }
     }
 
@@ -145,6 +152,7 @@ async fn run_conc(
         tokio::runtime::Handle::current(),
     )?;
     assert!(d.is_concurrent());
+    p.stats = Some(d.stats.clone());
     let loaded = d.load_future().await?;
     if let Some(cp) = &loaded {
         p.load(&cp.value);
@@ -197,7 +205,17 @@ async fn run_conc(
         }
         if !p.running.is_empty() {
             let r = p.finish_some(Instant::now());
-            pending.done.extend(r.done);
+            if p.inline {
+                for seq in r.done {
+                    if let Some(Action::Start(starts)) = d.complete(Instant::now(), seq)? {
+                        for (seq, _attempt, e) in starts {
+                            p.start(seq, e);
+                        }
+                    }
+                }
+            } else {
+                pending.done.extend(r.done);
+            }
             pending.failed.extend(r.failed);
         }
     }
@@ -280,6 +298,41 @@ async fn keyed_lanes_keep_order_overlap_and_end_with_the_full_watermark() {
                 assert_eq!(total, w + above, "state and position disagree in {put}");
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn completions_reported_inline_keep_order_the_bound_and_the_watermark() {
+    for seed in 0..4 {
+        let source = FakeSource::new(vec![conv_replay(stream(200), false)]);
+        let store = Arc::new(FakeStore::default());
+        let mut p = Conc::new(100 + seed);
+        p.inline = true;
+        p.stop_after = Some(200);
+        if seed % 2 == 1 {
+            // A failing event and its retry, between inline completions.
+            p.fail_tries.insert(20, 1);
+        }
+        let cfg = LoopConfig {
+            max_attempts: 2,
+            retry_min: Duration::from_millis(1),
+            retry_max: Duration::from_millis(2),
+            ..conc_config(8)
+        };
+        run_conc(cfg, source, store.clone(), &mut p).await.unwrap();
+        let d_stats = p.stats.clone().unwrap();
+        assert_eq!(p.handled.len(), 200);
+        assert!(p.max_running > 1 && p.max_running <= 8, "{}", p.max_running);
+        let v = stored(&store);
+        assert_eq!(v["lastEventCursor"], "200");
+        assert!(v.get("completedAboveWatermark").is_none());
+        let counts: BTreeMap<String, u64> = serde_json::from_value(v["counts"].clone()).unwrap();
+        assert_eq!(counts, expected_counts(200));
+        // Handler durations are recorded per call in concurrent mode.
+        assert!(Stats::get(&d_stats.handle_ns_total) > 0);
+        assert!(Stats::get(&d_stats.handle_ns_max) > 0);
+        assert!(Stats::get(&d_stats.handle_ns_max) <= Stats::get(&d_stats.handle_ns_total));
+        assert_eq!(Stats::get(&d_stats.events_handled), 200);
     }
 }
 

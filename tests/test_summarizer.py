@@ -269,15 +269,19 @@ def clean_run(server: LocalMemoryService, published: Sequence[EventTuple], max_b
 
 def test_restart_from_a_checkpoint_in_the_middle_loses_nothing(server: LocalMemoryService) -> None:
     published = stream("full", conversations=20, per_conversation=9)
-    cursors = server.publish_many(published)
-    clean = clean_run(server, published, 4)
-
-    middle = cursors[len(cursors) // 2 + 3]
+    # The first run sees only the first half (and a bit): it stops there whatever its speed,
+    # with windows open; the rest is published before the clean run and the restart.
+    half = len(published) // 2 + 4
+    cursors = server.publish_many(published[:half])
+    middle = cursors[-1]
     first = ConversationSummarizer(quiet_period=NEVER, max_batch=4, model_delay=0.002)
     result = run(run_until_handled(first, server, config("sum-restart"), until_cursor=middle))
     state = result.checkpoint.value
     assert int(state["lastEventCursor"]) >= int(middle)
     assert sum(len(doc["pending"]) for doc in state["conversations"].values()) > 0  # windows were open
+
+    server.publish_many(published[half:])
+    clean = clean_run(server, published, 4)
 
     second = ConversationSummarizer(quiet_period=NEVER, max_batch=4, model_delay=0.002)
     final = run(run_until_handled(second, server, config("sum-restart")))

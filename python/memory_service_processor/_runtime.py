@@ -419,14 +419,14 @@ class Runtime:
             raise
 
     async def _loop_concurrent(self, driver: "_native.Driver", processor: Any, waker: "_Waker") -> bool:
-        """Concurrent mode: one asyncio task per started event; the outcomes since the last
-        iteration go back with the next ``next_action`` call (one crossing per iteration, not
-        per event). True when the run was cancelled.
-
-        A task records its completion in the same step in which the handler returns (no
-        ``await`` in between), and ``snapshot()`` is called right after the ``next_action``
-        that carried the completions: the completed set stored with a snapshot is exactly the
-        set whose effects the snapshot can contain."""
+        """Concurrent mode: asyncio tasks run the started events; failures, and completions
+        while this loop is busy, go back with the next ``next_action`` call. True when the run
+        was cancelled. While this loop waits, a returning handler reports at once
+        (``driver.complete``, a same-thread call) and its task goes on with an event that may
+        start now, as a plain worker would (docs/semantics.md, section 15). Either way a
+        completion is recorded in the step in which the handler returns, and ``snapshot()``
+        runs right after the ``next_action`` that asked for it: the completed set stored with
+        a snapshot is exactly the set whose effects the snapshot can contain."""
         handle = processor.handle
         flush = getattr(processor, "flush", None)
         snapshot = processor.snapshot
@@ -440,6 +440,8 @@ class Runtime:
         loop = asyncio.get_running_loop()
         release = waker.release
         next_action = driver.next_action
+        complete = driver.complete
+        current_task = asyncio.current_task
         Action = _native.Action
         START, WAIT, KEYS, SNAPSHOT, FLUSH, SIGNAL, ON_FAILURE, CANCEL, FAILED, DONE = (
             Action.Start, Action.Wait, Action.Keys, Action.Snapshot, Action.Flush, Action.Signal,
@@ -453,35 +455,57 @@ class Runtime:
         cancelling: Set[int] = set()
         abandoned: Set[int] = set()
         fatal: List[BaseException] = []
+        parked = [False]  # this loop awaits the waker: returning handlers report at once
 
         async def run_one(seq: int, event: Any) -> None:
-            try:
-                if async_handle:
-                    await handle(event)
-                else:
-                    r = handle(event)
-                    if r is not None and isawaitable(r):
-                        await r
-            except asyncio.CancelledError:
-                if seq in cancelling:
-                    raise
-                # Cancelled from inside the handler, not by the stop: a failed try.
-                errors[seq] = asyncio.CancelledError(f"handler of the event at cursor {event.cursor!r} was cancelled")
-                failed_events[seq] = event
-                failed.append(seq)
-            except BaseException as e:
-                if seq not in abandoned:
-                    errors[seq] = e
-                    failed_events[seq] = event
-                    failed.append(seq)
-                    if not isinstance(e, Exception):
-                        fatal.append(e)
-            else:
-                if seq not in abandoned:
-                    done.append(seq)  # the same step as the handler's return
-            finally:
-                tasks.pop(seq, None)
-                release()
+            while True:
+                nxt: Optional[List[Any]] = None
+                try:
+                    try:
+                        if async_handle:
+                            await handle(event)
+                        else:
+                            r = handle(event)
+                            if r is not None and isawaitable(r):
+                                await r
+                    except asyncio.CancelledError:
+                        if seq in cancelling:
+                            raise
+                        # Cancelled from inside the handler, not by the stop: a failed try.
+                        errors[seq] = asyncio.CancelledError(
+                            f"handler of the event at cursor {event.cursor!r} was cancelled"
+                        )
+                        failed_events[seq] = event
+                        failed.append(seq)
+                    except BaseException as e:
+                        if seq not in abandoned:
+                            errors[seq] = e
+                            failed_events[seq] = event
+                            failed.append(seq)
+                            if not isinstance(e, Exception):
+                                fatal.append(e)
+                    else:
+                        # Reported in the same step as the handler's return.
+                        if seq in abandoned:
+                            pass
+                        elif parked[0]:
+                            try:
+                                nxt = complete(seq)
+                            except BaseException as e:
+                                fatal.append(e)
+                        else:
+                            done.append(seq)
+                finally:
+                    tasks.pop(seq, None)
+                    release()
+                if not nxt:
+                    return
+                for s, _attempt, ev in nxt[1:]:
+                    tasks[s] = loop.create_task(run_one(s, ev))
+                seq, _attempt, event = nxt[0]
+                me = current_task()
+                if me is not None:
+                    tasks[seq] = me
 
         cancelled = False
         keys: Optional[List[Optional[str]]] = None
@@ -503,13 +527,16 @@ class Runtime:
                     for seq, _attempt, event in payload:
                         tasks[seq] = loop.create_task(run_one(seq, event))
                 elif action is WAIT:
-                    if done or failed:
+                    if done or failed or fatal:
                         continue
+                    parked[0] = True
                     try:
                         await waker.wait(payload)
                     except asyncio.CancelledError:
                         self._cancelled(driver)
                         cancelled = True
+                    finally:
+                        parked[0] = False
                 elif action is KEYS:
                     keys = [_checked_key(processor, key, event) for event in payload]
                 elif action is SNAPSHOT:

@@ -80,7 +80,7 @@ class Stats(TypedDict):
     ]
     buffer_depth: Annotated[int, Gauge("events waiting in the buffer between the network and the processor")]
     handle_seconds_mean: Annotated[float, Gauge("mean time spent handling one event, in seconds")]
-    handle_seconds_max: Annotated[float, Gauge("the slowest batch's mean time per event, in seconds")]
+    handle_seconds_max: Annotated[float, Gauge("the slowest batch's mean time per event (concurrent mode: the slowest handler call), in seconds")]
     in_flight: Annotated[int, Gauge("events being handled right now (at most max_concurrency)")]
     events_pending: Annotated[
         int, Gauge("events read and not yet done: queued in their key's lane, in flight or waiting for a retry (concurrent mode)")

@@ -202,13 +202,7 @@ impl Driver {
                     batch.into_iter().map(envelope).collect::<PyResult<_>>()?;
                 (Action::Keys, PyList::new(py, items)?.into_any().unbind())
             }
-            driver::Action::Start(starts) => {
-                let items: Vec<(u64, u32, Py<EventEnvelope>)> = starts
-                    .into_iter()
-                    .map(|(seq, attempt, e)| Ok((seq, attempt, envelope(e)?)))
-                    .collect::<PyResult<_>>()?;
-                (Action::Start, PyList::new(py, items)?.into_any().unbind())
-            }
+            driver::Action::Start(starts) => (Action::Start, start_list(py, starts)?),
             driver::Action::OnFailure(seq) => (
                 Action::OnFailure,
                 seq.into_pyobject(py)?.into_any().unbind(),
@@ -232,6 +226,27 @@ impl Driver {
             driver::Action::Done(Err(e)) => return Err(to_py_err_in(py, e)),
         };
         Ok((action_object(py, action)?, payload))
+    }
+
+    /// Concurrent mode: the handler of `seq` returned (reported at once, in the step in which
+    /// it returned). Returns what may start now, as the payload of `Action.Start` (a list of
+    /// `(seq, attempt, EventEnvelope)`), or None. A same-thread call: cheaper than waking the
+    /// loop's next iteration to start them.
+    fn complete(&self, py: Python<'_>, seq: u64) -> PyResult<Option<Py<PyAny>>> {
+        let step = {
+            let mut inner = lock(&self.inner);
+            match inner.complete(Instant::now(), seq) {
+                Ok(step) => step,
+                Err(e) => {
+                    inner.abort();
+                    return Err(to_py_err_in(py, e));
+                }
+            }
+        };
+        match step {
+            Some(driver::Action::Start(starts)) => Ok(Some(start_list(py, starts)?)),
+            _ => Ok(None),
+        }
     }
 
     /// True when events run as tasks (`Action.Start`), false for batches (`Action.Handle`).
@@ -310,6 +325,15 @@ impl Driver {
         d.set_item("events_foreign", Stats::get(&st.events_foreign))?;
         Ok(d)
     }
+}
+
+/// The payload of `Action.Start`: a list of `(seq, attempt, EventEnvelope)`.
+fn start_list(py: Python<'_>, starts: Vec<(u64, u32, crate::model::Event)>) -> PyResult<Py<PyAny>> {
+    let items: Vec<(u64, u32, Py<EventEnvelope>)> = starts
+        .into_iter()
+        .map(|(seq, attempt, e)| Ok((seq, attempt, Py::new(py, EventEnvelope::from_event(e))?)))
+        .collect::<PyResult<_>>()?;
+    Ok(PyList::new(py, items)?.into_any().unbind())
 }
 
 /// The default lane key of an event of `kind` with payload `data` (what the driver computes

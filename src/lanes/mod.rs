@@ -63,6 +63,8 @@ struct Slot<T> {
     state: State,
     tries: u32,
     item: Option<T>,
+    /// When the current try started (for the handler-duration stats).
+    started: Option<Instant>,
 }
 
 /// The bookkeeping. `T` is whatever the owner wants kept with an event until it is done
@@ -206,6 +208,7 @@ impl<T> Lanes<T> {
             state: State::Pending,
             tries: 0,
             item: Some(item),
+            started: None,
         });
         Admitted::Queued(seq)
     }
@@ -225,6 +228,7 @@ impl<T> Lanes<T> {
             state: State::Done,
             tries: 0,
             item: None,
+            started: None,
         });
         self.done_above += 1;
         self.advance();
@@ -234,6 +238,28 @@ impl<T> Lanes<T> {
     /// The item kept with an unfinished event.
     pub fn item(&self, seq: u64) -> Option<&T> {
         self.slot(seq).and_then(|s| s.item.as_ref())
+    }
+
+    /// When the try in flight of `seq` started (`None` unless it is in flight).
+    pub fn started_at(&self, seq: u64) -> Option<Instant> {
+        self.slot(seq)
+            .filter(|s| s.state == State::InFlight)
+            .and_then(|s| s.started)
+    }
+
+    /// Handlers in progress.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Events given up on and skipped after their last try, so far.
+    pub fn failed_events(&self) -> u64 {
+        self.failed_events
+    }
+
+    /// Admitted events not done yet (every slot of the window that is not done).
+    pub fn unfinished(&self) -> usize {
+        self.window.len() - self.done_above
     }
 
     fn index(&self, seq: u64) -> Option<usize> {
@@ -312,6 +338,7 @@ impl<T> Lanes<T> {
             }
             slot.tries += 1;
             slot.state = State::InFlight;
+            slot.started = Some(now);
             self.in_flight += 1;
             out.push(Start {
                 seq,
@@ -518,11 +545,7 @@ impl<T> Lanes<T> {
             completed_above: self.completed_count(),
             window: self.window.len(),
             waiting_retry: self.waiting.len(),
-            unfinished: self
-                .window
-                .iter()
-                .filter(|s| s.state != State::Done)
-                .count(),
+            unfinished: self.unfinished(),
         }
     }
 }
@@ -531,3 +554,5 @@ impl<T> Lanes<T> {
 mod sim_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod throughput_tests;

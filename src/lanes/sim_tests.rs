@@ -170,6 +170,11 @@ fn random_schedules_keep_key_order_bounds_and_an_exact_watermark() {
             let stats = l.stats();
             assert_eq!(stats.in_flight, running, "seed {seed}");
             assert!(running <= mc, "seed {seed}");
+            // The counted gauge equals the model's count of admitted events not done.
+            let watermark_index = st.iter().position(|&m| m != M::Done).unwrap_or(st.len());
+            let not_done = st.iter().filter(|&&m| m != M::Done).count();
+            assert_eq!(stats.unfinished, not_done, "seed {seed}");
+            assert_eq!(stats.window, st.len() - watermark_index, "seed {seed}");
             let (wm, above) = model_position(&evs, &st, None);
             assert_eq!(l.watermark(), wm.as_deref(), "seed {seed}");
             assert_eq!(l.completed_above_watermark(), above, "seed {seed}");
