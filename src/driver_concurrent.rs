@@ -141,7 +141,7 @@ impl Driver {
                 } else {
                     foreign += 1;
                     self.lanes
-                        .admit_done(event.cursor.filter(|c| !c.is_empty()));
+                        .admit_passed(event.cursor.filter(|c| !c.is_empty()));
                 }
             }
             Stats::add(&self.stats.events_foreign, foreign);
@@ -201,7 +201,7 @@ impl Driver {
                 Some(key) => self.admit(key, e),
                 None => {
                     foreign += 1;
-                    self.lanes.admit_done(e.cursor.filter(|c| !c.is_empty()));
+                    self.lanes.admit_passed(e.cursor.filter(|c| !c.is_empty()));
                 }
             }
         }

@@ -22,7 +22,9 @@
 //!   its completion moves the watermark and never grows the set, so the run cannot deadlock.
 //!   Retries of started events are exempt too (they are already counted in `F`). Events
 //!   admitted as done add to `C` without starting, so [`Lanes::room`] also stops admission at
-//!   the bound: the caller admits at most `room()` events before asking again.
+//!   the bound: the caller admits at most `room()` events before asking again. Events passed
+//!   over ([`Lanes::admit_passed`]: another shard's) are done without being recorded: they
+//!   move the watermark but never add to `C`.
 //! - The watermark is the cursor of the last event of the completed prefix; events without a
 //!   cursor complete like the others but never move it (nor enter the completed set).
 //! - After a `stop` outcome (last try failed, `on_failure = stop`) the failed event never
@@ -55,6 +57,10 @@ enum State {
     /// In flight when cancelled by a stop: never completes in this run.
     Cancelled,
     Done,
+    /// Done without ever being this run's to handle (another shard's event): moves the
+    /// watermark like `Done`, but is neither recorded in the completed set nor counted
+    /// against its bound (a restart reads it again and passes it again).
+    Passed,
 }
 
 struct Slot<T> {
@@ -92,6 +98,8 @@ pub struct Lanes<T> {
     /// Started and unfinished (in flight, waiting or ready for a retry, failing).
     started_open: usize,
     done_above: usize,
+    /// Events of the window passed over ([`Lanes::admit_passed`]).
+    passed_above: usize,
     /// Events waiting for their skip hook.
     failing: usize,
     retries: u64,
@@ -120,6 +128,7 @@ impl<T> Lanes<T> {
             in_flight: 0,
             started_open: 0,
             done_above: 0,
+            passed_above: 0,
             failing: 0,
             retries: 0,
             failed_events: 0,
@@ -235,6 +244,29 @@ impl<T> Lanes<T> {
         seq
     }
 
+    /// Admits the next event of the stream as one this run passes over without handling it
+    /// (an event of another shard): done at once, so the watermark moves over it when the
+    /// prefix before it is done, but it is not recorded in the completed set above the
+    /// watermark and does not count against that set's bound. Only the window
+    /// (`max_window`) bounds how many wait behind an unfinished event.
+    pub fn admit_passed(&mut self, cursor: Option<String>) -> u64 {
+        let seq = self.base + self.window.len() as u64;
+        if let Some(c) = &cursor {
+            self.carried.remove(c.as_str());
+        }
+        self.window.push_back(Slot {
+            key: None,
+            cursor,
+            state: State::Passed,
+            tries: 0,
+            item: None,
+            started: None,
+        });
+        self.passed_above += 1;
+        self.advance();
+        seq
+    }
+
     /// The item kept with an unfinished event.
     pub fn item(&self, seq: u64) -> Option<&T> {
         self.slot(seq).and_then(|s| s.item.as_ref())
@@ -259,7 +291,7 @@ impl<T> Lanes<T> {
 
     /// Admitted events not done yet (every slot of the window that is not done).
     pub fn unfinished(&self) -> usize {
-        self.window.len() - self.done_above
+        self.window.len() - self.done_above - self.passed_above
     }
 
     fn index(&self, seq: u64) -> Option<usize> {
@@ -276,7 +308,7 @@ impl<T> Lanes<T> {
         let head_open = self
             .window
             .front()
-            .is_some_and(|s| s.tries > 0 && s.state != State::Done);
+            .is_some_and(|s| s.tries > 0 && !matches!(s.state, State::Done | State::Passed));
         self.started_open - usize::from(head_open)
     }
 
@@ -411,10 +443,18 @@ impl<T> Lanes<T> {
 
     /// Pops the done prefix of the window, moving the watermark.
     fn advance(&mut self) {
-        while self.window.front().is_some_and(|s| s.state == State::Done) {
+        while self
+            .window
+            .front()
+            .is_some_and(|s| matches!(s.state, State::Done | State::Passed))
+        {
             if let Some(slot) = self.window.pop_front() {
                 self.base += 1;
-                self.done_above -= 1;
+                if slot.state == State::Passed {
+                    self.passed_above -= 1;
+                } else {
+                    self.done_above -= 1;
+                }
                 if slot.cursor.is_some() {
                     self.watermark = slot.cursor;
                 }

@@ -489,3 +489,58 @@ fn misuse_is_reported_not_panicked() {
     assert!(l.completed(0).is_err(), "below the watermark");
     assert!(l.failed(0, t0).is_err());
 }
+
+#[test]
+fn passed_events_move_the_watermark_but_are_neither_recorded_nor_bounded() {
+    // One slow event of this shard, then many events of other shards behind it.
+    let mut l = lanes(1);
+    let now = Instant::now();
+    let slow = queued(l.admit(k("a"), c("1"), ()));
+    assert_eq!(starts(&mut l, now), vec![slow]);
+    let limit = l.config().completed_limit();
+    for i in 2..(2 + 3 * limit as u64) {
+        assert!(
+            l.room() > 0,
+            "passed events never fill the completed-set bound"
+        );
+        l.admit_passed(Some(i.to_string()));
+    }
+    assert!(l.room() > 0);
+    assert!(l.completed_above_watermark().is_empty(), "not recorded");
+    assert_eq!(
+        l.watermark(),
+        None,
+        "the unfinished event holds the watermark"
+    );
+    assert_eq!(l.unfinished(), 1);
+    // Done events of this shard above the slow one are recorded, and only they are.
+    let own = queued(l.admit(k("b"), c("900"), ()));
+    l.admit_passed(c("901"));
+    l.completed(slow).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        l.watermark(),
+        Some((1 + 3 * limit as u64).to_string().as_str())
+    );
+    assert_eq!(starts(&mut l, now), vec![own]);
+    l.completed(own).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        l.watermark(),
+        Some("901"),
+        "passed events after the last one move it too"
+    );
+    assert_eq!(l.unfinished(), 0);
+}
+
+#[test]
+fn admitted_done_events_fill_the_bound_where_passed_ones_do_not() {
+    let mut l = lanes(1);
+    let now = Instant::now();
+    let slow = queued(l.admit(k("a"), c("1"), ()));
+    assert_eq!(starts(&mut l, now), vec![slow]);
+    let limit = l.config().completed_limit();
+    for i in 0..limit {
+        l.admit_done(Some(format!("d{i}")));
+    }
+    assert_eq!(l.room(), 0, "recorded events stop admission at the bound");
+    assert_eq!(l.completed_above_watermark().len(), limit);
+}
