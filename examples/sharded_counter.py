@@ -83,8 +83,8 @@ def reshard(old: Sequence[Mapping[str, Any]], count: int) -> List[Dict[str, Any]
     old_count = {int(l["count"]) for l in layouts}
     if len(old_count) != 1 or sorted(int(l["index"]) for l in layouts) != list(range(next(iter(old_count)))):
         raise ValueError(f"give the checkpoint of every shard of one layout; got layouts {layouts}")
-    cursors = [v.get("lastEventCursor") for v in old]
-    if any(not isinstance(c, str) for c in cursors):
+    cursors = [c for c in (v.get("lastEventCursor") for v in old) if isinstance(c, str)]
+    if len(cursors) != len(old):
         raise ValueError("every old shard must have a watermark (lastEventCursor); let each run once first")
     start = min(cursors, key=int)
     new: List[Dict[str, Any]] = [{"conversations": {}, "lastEventCursor": start} for _ in range(count)]

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
 import logging
 import socket
 import threading
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, List, Optional
 
-from . import _native
+from . import _actions, _native
 from ._clients import ConnectionOptions, GrpcCheckpointClient, GrpcEventClient
-from ._config import Config, Duration, _secs
-from ._processor import EventProcessor, has_custom_key
+from ._concurrent import run_concurrent
+from ._config import Config, Duration
+from ._processor import has_custom_key
 from ._stats import Stats, initial_stats
 from .errors import ConfigurationError
 
@@ -23,47 +23,6 @@ __all__ = ["Runtime"]
 log = logging.getLogger("memory_service_processor")
 
 _REQUIRED = ("content_type", "load", "handle", "snapshot")
-
-
-def _encode_snapshot(processor: Any, value: Any) -> str:
-    try:
-        return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise TypeError(
-            f"{type(processor).__name__}.snapshot() returned a value that is not JSON-serializable: {e}"
-        ) from e
-
-
-def _submit_snapshot(driver: "_native.Driver", processor: Any, text: str) -> None:
-    """Hands the snapshot's JSON text to the driver. A value no checkpoint can hold (nested too
-    deep, a number beyond a 64-bit float, over ``max_message_size``, a string that is not valid
-    Unicode) raises ``ValueError`` naming the processor and the limit (docs/semantics.md,
-    section 7)."""
-    try:
-        driver.submit_snapshot(text)
-    except UnicodeEncodeError as e:
-        raise ValueError(
-            f"{type(processor).__name__}.snapshot() returned a string that is not valid Unicode "
-            f"({e.reason} in the JSON text at position {e.start}): checkpoints are UTF-8"
-        ) from None
-    except ValueError as e:
-        raise ValueError(f"{type(processor).__name__}.snapshot() returned a value no checkpoint can hold: {e}") from None
-
-
-def _is_async(fn: Any) -> bool:
-    """True for a coroutine function (or an object whose ``__call__`` is one)."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
-
-
-def _checked_key(processor: Any, key: Any, event: Any) -> Optional[str]:
-    """``processor.key(event)``, which must be a ``str`` or ``None``."""
-    k = key(event)
-    if k is None or isinstance(k, str):
-        return k
-    raise TypeError(
-        f"{type(processor).__name__}.key() must return a str or None, got {type(k).__name__} "
-        f"for the event at cursor {event.cursor!r}"
-    )
 
 
 class _Waker:
@@ -147,7 +106,7 @@ class Runtime:
         missing = [m for m in _REQUIRED if not callable(getattr(processor, m, None))]
         if missing:
             raise TypeError(f"{type(processor).__name__} is not an event processor: missing {', '.join(missing)}()")
-        if config.max_concurrency > 1 and not _is_async(processor.handle):
+        if config.max_concurrency > 1 and not _actions.is_async(processor.handle):
             raise ConfigurationError(
                 f"{type(processor).__name__}.handle is not async: with max_concurrency="
                 f"{config.max_concurrency} handlers must overlap, which a plain function cannot "
@@ -317,7 +276,7 @@ class Runtime:
         waker = _Waker(loop, wake_r)
         try:
             if driver.is_concurrent():
-                cancelled = await self._loop_concurrent(driver, processor, waker)
+                cancelled = await run_concurrent(driver, processor, waker, self.config)
             else:
                 cancelled = await self._loop(driver, processor, waker)
         finally:
@@ -327,24 +286,16 @@ class Runtime:
             # cancellation for whoever awaits run().
             raise asyncio.CancelledError()
 
-    def _cancelled(self, driver: "_native.Driver") -> None:
-        """Cancellation between events is a graceful stop: flush, final checkpoint, then
-        ``CancelledError`` is raised again."""
-        log.info("run of %s cancelled: stopping gracefully", self.config.client_id)
-        driver.stop()
-
     async def _loop(self, driver: "_native.Driver", processor: Any, waker: "_Waker") -> bool:
         """Executes the driver's actions until ``Action.Done`` (the hot path: one iteration per
         batch; the actions are compared by identity). True when the run was cancelled."""
         handle = processor.handle
-        flush = getattr(processor, "flush", None)
-        snapshot = processor.snapshot
-        hook = getattr(processor, "on_stream_event", None)
         async_handle = inspect.iscoroutinefunction(handle)
         next_action = driver.next_action
         handled = driver.handled
         sleep = asyncio.sleep
         isawaitable = inspect.isawaitable
+        client_id = self.config.client_id
         Action = _native.Action
         HANDLE, SIGNAL, FLUSH, SNAPSHOT, WAIT, DONE, KEYS = (
             Action.Handle,
@@ -381,231 +332,21 @@ class Runtime:
                     try:
                         await sleep(0)
                     except asyncio.CancelledError:
-                        self._cancelled(driver)
+                        _actions.stop_gracefully(driver, client_id)
                         cancelled = True
                 elif action is WAIT:
-                    try:
-                        await waker.wait(payload)
-                    except asyncio.CancelledError:
-                        self._cancelled(driver)
-                        cancelled = True
+                    cancelled = await _actions.stops_if_cancelled(driver, client_id, waker.wait(payload)) or cancelled
                 elif action is SNAPSHOT:
-                    _submit_snapshot(driver, processor, _encode_snapshot(processor, snapshot()))
+                    _actions.take_snapshot(driver, processor)
                 elif action is FLUSH:
-                    if flush is not None:
-                        r = flush()
-                        if r is not None and isawaitable(r):
-                            await r
-                    driver.flushed()
-                    # A slow (or sync) flush must not starve the event loop: signal handlers
-                    # (SIGTERM -> stop) and other tasks run before the next action.
-                    try:
-                        await sleep(0)
-                    except asyncio.CancelledError:
-                        self._cancelled(driver)
-                        cancelled = True
+                    cancelled = await _actions.flush(driver, processor, client_id) or cancelled
                 elif action is SIGNAL:
-                    if hook is not None:
-                        r = hook(payload)
-                        if r is not None and isawaitable(r):
-                            await r
+                    await _actions.stream_signal(processor, payload)
                 elif action is DONE:
-                    log.info("processor %s stopped", self.config.client_id, extra={"client_id": self.config.client_id})
+                    _actions.stopped(client_id)
                     return cancelled
                 elif action is KEYS:
-                    keys = [_checked_key(processor, key, event) for event in payload]
+                    keys = [_actions.checked_key(processor, key, event) for event in payload]
         except BaseException:
             driver.abort()
             raise
-
-    async def _loop_concurrent(self, driver: "_native.Driver", processor: Any, waker: "_Waker") -> bool:
-        """Concurrent mode: asyncio tasks run the started events; failures, and completions
-        while this loop is busy, go back with the next ``next_action`` call. True when the run
-        was cancelled. While this loop waits, a returning handler reports at once
-        (``driver.complete``, a same-thread call) and its task goes on with an event that may
-        start now, as a plain worker would (docs/semantics.md, section 15). Either way a
-        completion is recorded in the step in which the handler returns, and ``snapshot()``
-        runs right after the ``next_action`` that asked for it: the completed set stored with
-        a snapshot is exactly the set whose effects the snapshot can contain."""
-        handle = processor.handle
-        flush = getattr(processor, "flush", None)
-        snapshot = processor.snapshot
-        hook = getattr(processor, "on_stream_event", None)
-        on_failure = getattr(processor, "on_failure", None)
-        if not callable(on_failure):
-            on_failure = functools.partial(EventProcessor.on_failure, processor)
-        key = getattr(processor, "key", None) if has_custom_key(processor) else None
-        async_handle = _is_async(handle)
-        isawaitable = inspect.isawaitable
-        loop = asyncio.get_running_loop()
-        release = waker.release
-        next_action = driver.next_action
-        complete = driver.complete
-        current_task = asyncio.current_task
-        Action = _native.Action
-        START, WAIT, KEYS, SNAPSHOT, FLUSH, SIGNAL, ON_FAILURE, CANCEL, FAILED, DONE = (
-            Action.Start, Action.Wait, Action.Keys, Action.Snapshot, Action.Flush, Action.Signal,
-            Action.OnFailure, Action.Cancel, Action.Failed, Action.Done,
-        )
-        done: List[int] = []
-        failed: List[int] = []
-        errors: Dict[int, BaseException] = {}
-        failed_events: Dict[int, Any] = {}
-        tasks: Dict[int, "asyncio.Task[None]"] = {}
-        cancelling: Set[int] = set()
-        abandoned: Set[int] = set()
-        fatal: List[BaseException] = []
-        parked = [False]  # this loop awaits the waker: returning handlers report at once
-
-        async def run_one(seq: int, event: Any) -> None:
-            while True:
-                nxt: Optional[List[Any]] = None
-                try:
-                    try:
-                        if async_handle:
-                            await handle(event)
-                        else:
-                            r = handle(event)
-                            if r is not None and isawaitable(r):
-                                await r
-                    except asyncio.CancelledError:
-                        if seq in cancelling:
-                            raise
-                        # Cancelled from inside the handler, not by the stop: a failed try.
-                        errors[seq] = asyncio.CancelledError(
-                            f"handler of the event at cursor {event.cursor!r} was cancelled"
-                        )
-                        failed_events[seq] = event
-                        failed.append(seq)
-                    except BaseException as e:
-                        if seq not in abandoned:
-                            errors[seq] = e
-                            failed_events[seq] = event
-                            failed.append(seq)
-                            if not isinstance(e, Exception):
-                                fatal.append(e)
-                    else:
-                        # Reported in the same step as the handler's return.
-                        if seq in abandoned:
-                            pass
-                        elif parked[0]:
-                            try:
-                                nxt = complete(seq)
-                            except BaseException as e:
-                                fatal.append(e)
-                        else:
-                            done.append(seq)
-                finally:
-                    tasks.pop(seq, None)
-                    release()
-                if not nxt:
-                    return
-                for s, _attempt, ev in nxt[1:]:
-                    tasks[s] = loop.create_task(run_one(s, ev))
-                seq, _attempt, event = nxt[0]
-                me = current_task()
-                if me is not None:
-                    tasks[seq] = me
-
-        cancelled = False
-        keys: Optional[List[Optional[str]]] = None
-        cancel_out: Optional[List[int]] = None
-        try:
-            while True:
-                if fatal:
-                    raise fatal[0]
-                d: Optional[List[int]] = None
-                f: Optional[List[int]] = None
-                if done:
-                    d, done = done, []
-                if failed:
-                    f, failed = failed, []
-                action, payload = next_action(d, f, cancel_out, keys)
-                keys = None
-                cancel_out = None
-                if action is START:
-                    for seq, _attempt, event in payload:
-                        tasks[seq] = loop.create_task(run_one(seq, event))
-                elif action is WAIT:
-                    if done or failed or fatal:
-                        continue
-                    parked[0] = True
-                    try:
-                        await waker.wait(payload)
-                    except asyncio.CancelledError:
-                        self._cancelled(driver)
-                        cancelled = True
-                    finally:
-                        parked[0] = False
-                elif action is KEYS:
-                    keys = [_checked_key(processor, key, event) for event in payload]
-                elif action is SNAPSHOT:
-                    _submit_snapshot(driver, processor, _encode_snapshot(processor, snapshot()))
-                elif action is FLUSH:
-                    if flush is not None:
-                        r = flush()
-                        if r is not None and isawaitable(r):
-                            await r
-                    driver.flushed()
-                    try:
-                        await asyncio.sleep(0)
-                    except asyncio.CancelledError:
-                        self._cancelled(driver)
-                        cancelled = True
-                elif action is ON_FAILURE:
-                    event, error = failed_events.pop(payload), errors.pop(payload)
-                    r = on_failure(event, error)
-                    if r is not None and isawaitable(r):
-                        await r
-                    done.append(payload)
-                elif action is CANCEL:
-                    cancel_out = await self._cancel(payload, tasks, cancelling, abandoned)
-                elif action is FAILED:
-                    failed_events.pop(payload, None)
-                    raise errors.pop(payload)
-                elif action is SIGNAL:
-                    if hook is not None:
-                        r = hook(payload)
-                        if r is not None and isawaitable(r):
-                            await r
-                elif action is DONE:
-                    log.info("processor %s stopped", self.config.client_id, extra={"client_id": self.config.client_id})
-                    return cancelled
-        except BaseException:
-            driver.abort()
-            for t in tasks.values():
-                t.cancel()
-            raise
-
-    async def _cancel(
-        self,
-        seqs: List[int],
-        tasks: Dict[int, "asyncio.Task[None]"],
-        cancelling: Set[int],
-        abandoned: Set[int],
-    ) -> List[int]:
-        """Stop timeout passed: cancels the tasks of ``seqs``, awaits them (bounded) and
-        returns those that did not finish (redone next run); the others reported themselves."""
-        waiting: Dict[int, "asyncio.Task[None]"] = {}
-        for seq in seqs:
-            t = tasks.get(seq)
-            if t is not None:
-                cancelling.add(seq)
-                t.cancel()
-                waiting[seq] = t
-        if waiting:
-            budget = max(1.0, _secs(self.config.stop_timeout))
-            await asyncio.wait(list(waiting.values()), timeout=budget)
-        out = []
-        for seq in seqs:
-            t = waiting.get(seq)
-            if t is None:
-                continue  # finished before the cancellation: already reported
-            if t.cancelled():
-                out.append(seq)
-            elif not t.done():
-                abandoned.add(seq)  # ignores its cancellation: its outcome no longer counts
-                log.warning("a handler ignored its cancellation at stop; its event is redone next run")
-                out.append(seq)
-            # else it finished anyway and reported itself as done or failed
-        return out

@@ -203,6 +203,8 @@ class ProcessorRun:
                 raise TypeError("pass the event client either as source or as events=, not both")
             self._source = source
             events = source
+        #: The stream comes from the LocalMemoryService itself, which sends phase signals.
+        self._server_stream = self._server is not None and events is None
         if events is None and self._server is None:
             raise TypeError("ProcessorRun needs a LocalMemoryService, an InMemoryEventClient or events=")
         if checkpoints is None and self._server is None:
@@ -267,6 +269,11 @@ class ProcessorRun:
             # those events may still be queued or in flight: wait until none is left.
             stats = self.runtime.stats()
             return stats["buffer_depth"] == 0 and stats["events_pending"] == 0 and stats["in_flight"] == 0
+        if live_ok and self._server_stream:
+            # A LocalMemoryService always sends the live phase after the events published
+            # before the run: wait for it, so the phase signals reached the processor too
+            # (returning on the last cursor could stop the run just before them).
+            return False
         if target is not None and self._concurrent():
             return _reached(self.runtime.stats()["watermark"], target)
         return target is not None and _reached(self._last_cursor, target)
