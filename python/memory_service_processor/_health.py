@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
 
 __all__ = [
     "HEALTHZ_PATH",
@@ -151,11 +152,15 @@ def _handler_class(check: HealthCheck) -> Type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class HealthServer:
-    """An HTTP server answering ``/healthz`` and ``/readyz`` from a daemon thread. ``port`` is
-    the bound port (useful with port 0); :meth:`close` stops it."""
+S = TypeVar("S", bound="BackgroundServer")
 
-    def __init__(self, httpd: ThreadingHTTPServer, thread: threading.Thread) -> None:
+
+class BackgroundServer:
+    """An HTTP server running in a daemon thread of its own (the health server here, the
+    metrics server in ``_metrics``). ``port`` is the bound port (useful with port 0);
+    :meth:`close` stops it."""
+
+    def __init__(self, httpd: socketserver.TCPServer, thread: threading.Thread) -> None:
         self._httpd = httpd
         self._thread = thread
 
@@ -176,11 +181,16 @@ class HealthServer:
             self._thread.join(timeout=5)
         self._httpd.server_close()
 
-    def __enter__(self) -> "HealthServer":
+    def __enter__(self: S) -> S:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class HealthServer(BackgroundServer):
+    """An HTTP server answering ``/healthz`` and ``/readyz`` from a daemon thread. ``port`` is
+    the bound port (useful with port 0); :meth:`close` stops it."""
 
 
 def start_health_server(

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from . import _stats
-from ._health import DEFAULT_LIVENESS_TIMEOUT, HealthCheck
+from ._health import DEFAULT_LIVENESS_TIMEOUT, BackgroundServer, HealthCheck
 
 __all__ = ["StatsCollector", "MetricsServer", "start_metrics_server", "prometheus_available", "PHASES"]
 
@@ -155,36 +155,9 @@ def _with_health(app: Callable[..., Any], check: HealthCheck) -> Callable[..., A
     return serve
 
 
-class MetricsServer:
-    """An HTTP server answering ``GET /metrics`` (and the health probes) from a daemon thread. ``port`` is the bound
-    port (useful with port 0); :meth:`close` stops it."""
-
-    def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
-        self._httpd = httpd
-        self._thread = thread
-
-    @property
-    def port(self) -> int:
-        """The TCP port the server listens on."""
-        return int(self._httpd.server_address[1])
-
-    @property
-    def address(self) -> str:
-        """The address the server listens on."""
-        return str(self._httpd.server_address[0])
-
-    def close(self) -> None:
-        """Stops serving and closes the socket (idempotent)."""
-        if self._thread.is_alive():
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-        self._httpd.server_close()
-
-    def __enter__(self) -> "MetricsServer":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+class MetricsServer(BackgroundServer):
+    """An HTTP server answering ``GET /metrics`` (and the health probes) from a daemon thread.
+    ``port`` is the bound port (useful with port 0); :meth:`close` stops it."""
 
 
 def start_metrics_server(

@@ -227,21 +227,7 @@ impl<T> Lanes<T> {
     /// prefix before it is done. Stream signals need not be admitted at all; if they are,
     /// pass `None` as the cursor so the watermark stays the last handled event's.
     pub fn admit_done(&mut self, cursor: Option<String>) -> u64 {
-        let seq = self.base + self.window.len() as u64;
-        if let Some(c) = &cursor {
-            self.carried.remove(c.as_str());
-        }
-        self.window.push_back(Slot {
-            key: None,
-            cursor,
-            state: State::Done,
-            tries: 0,
-            item: None,
-            started: None,
-        });
-        self.done_above += 1;
-        self.advance();
-        seq
+        self.push_done(cursor, State::Done)
     }
 
     /// Admits the next event of the stream as one this run passes over without handling it
@@ -250,6 +236,11 @@ impl<T> Lanes<T> {
     /// watermark and does not count against that set's bound. Only the window
     /// (`max_window`) bounds how many wait behind an unfinished event.
     pub fn admit_passed(&mut self, cursor: Option<String>) -> u64 {
+        self.push_done(cursor, State::Passed)
+    }
+
+    /// Appends an event that is `Done` or `Passed` from the start, then moves the watermark.
+    fn push_done(&mut self, cursor: Option<String>, state: State) -> u64 {
         let seq = self.base + self.window.len() as u64;
         if let Some(c) = &cursor {
             self.carried.remove(c.as_str());
@@ -257,12 +248,16 @@ impl<T> Lanes<T> {
         self.window.push_back(Slot {
             key: None,
             cursor,
-            state: State::Passed,
+            state,
             tries: 0,
             item: None,
             started: None,
         });
-        self.passed_above += 1;
+        if state == State::Passed {
+            self.passed_above += 1;
+        } else {
+            self.done_above += 1;
+        }
         self.advance();
         seq
     }
