@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, TypeVar
 
 import pytest
@@ -296,3 +300,28 @@ def auth_server() -> Any:
         yield srv
     finally:
         srv.stop_sync()
+
+
+# -- processor subprocesses (the crash tests) -------------------------------------------------
+
+
+def spawn_python(argv: List[str], stderr_log: Path) -> "subprocess.Popen[bytes]":
+    """``python argv...`` in a subprocess, its stderr kept in ``stderr_log`` (read it when a
+    test fails), unbuffered and with the fault handler on."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
+    with open(stderr_log, "wb") as err:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, *argv], stdout=subprocess.DEVNULL, stderr=err, env=env)
+
+
+def lines(path: Path) -> List[str]:
+    """The lines of a file a subprocess appends to (none before it exists)."""
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Polls ``predicate`` every 20 ms; ``AssertionError`` naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

@@ -9,13 +9,13 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import pytest
 
+from conftest import lines, spawn_python, wait_for
 from memory_service_processor.testing import LocalMemoryService
 
 pytestmark = pytest.mark.timeout(180)
@@ -27,23 +27,7 @@ CONVERSATIONS = 40
 
 
 def spawn(endpoint: str, out: Path, logs: Path, n: int) -> subprocess.Popen:
-    err = open(logs / f"conc-processor-{n}.stderr", "wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
-    return subprocess.Popen(
-        [sys.executable, str(HELPER), endpoint, CLIENT_ID, str(out)], stdout=subprocess.DEVNULL, stderr=err, env=env
-    )
-
-
-def lines(out: Path) -> List[str]:
-    return out.read_text().splitlines() if out.exists() else []
-
-
-def wait_for(predicate, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    return spawn_python([str(HELPER), endpoint, CLIENT_ID, str(out)], logs / f"conc-processor-{n}.stderr")
 
 
 def test_sigkill_with_max_concurrency_32_ends_in_the_state_of_one_clean_run(tmp_path):

@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+import conftest
+from conftest import spawn_python
 from memory_service_processor.testing import LocalMemoryService
 
 HELPER = Path(__file__).parent / "helpers" / "crash_processor.py"
@@ -69,14 +71,7 @@ class Publisher(threading.Thread):
 
 
 def spawn_processor(endpoint: str, out: Path, logs: Path, n: int, delay: float = 0.0005) -> subprocess.Popen:
-    err = open(logs / f"processor-{n}.stderr", "wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
-    return subprocess.Popen(
-        [sys.executable, str(HELPER), endpoint, CLIENT_ID, str(out), str(delay)],
-        stdout=subprocess.DEVNULL,
-        stderr=err,
-        env=env,
-    )
+    return spawn_python([str(HELPER), endpoint, CLIENT_ID, str(out), str(delay)], logs / f"processor-{n}.stderr")
 
 
 def read_segments(out: Path) -> List[Dict[str, Any]]:
@@ -139,11 +134,7 @@ class InvariantSampler:
 
 
 def wait_for(predicate, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    conftest.wait_for(predicate, what, timeout)
 
 
 def stop_gracefully(proc: subprocess.Popen) -> int:
@@ -269,13 +260,14 @@ def _free_port() -> int:
 
 
 def _start_server_process(port: int, data_dir: Path, preload: int, logs: Path, n: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "memory_service_processor.testing", "serve", "--port", str(port),
-         "--data-dir", str(data_dir), "--preload", str(preload)],
-        stdout=subprocess.PIPE,
-        stderr=open(logs / f"server-{n}.stderr", "wb"),
-        text=True,
-    )
+    with open(logs / f"server-{n}.stderr", "wb") as err:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "memory_service_processor.testing", "serve", "--port", str(port),
+             "--data-dir", str(data_dir), "--preload", str(preload)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("READY "), f"server did not start: {line!r}"

@@ -11,14 +11,14 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter as Tally
 from pathlib import Path
-from typing import Callable, Dict, List, Set
+from typing import Dict, List, Set
 
 import pytest
 
+from conftest import lines, spawn_python, wait_for
 from memory_service_processor import shard_of
 from memory_service_processor.testing import LocalMemoryService
 from memory_service_processor.testing.events import synthetic_entries
@@ -34,27 +34,12 @@ CONCURRENCY = (1, 8, 32)
 
 
 def spawn(endpoint: str, index: int, out: Path, logs: Path, n: int) -> subprocess.Popen:
-    err = open(logs / f"shard-{index}-{n}.stderr", "wb")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
-    argv = [sys.executable, str(HELPER), endpoint, f"shard-{index}", str(out), str(CONCURRENCY[index]), str(index),
-            str(SHARDS)]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
-
-
-def lines(out: Path) -> List[str]:
-    return out.read_text().splitlines() if out.exists() else []
+    argv = [str(HELPER), endpoint, f"shard-{index}", str(out), str(CONCURRENCY[index]), str(index), str(SHARDS)]
+    return spawn_python(argv, logs / f"shard-{index}-{n}.stderr")
 
 
 def handled_lines(out: Path) -> List[str]:
     return [l for l in lines(out) if not l.startswith(("START", "STOPPED"))]
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def runs(out: Path) -> List[List[List[str]]]:
