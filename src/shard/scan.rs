@@ -90,14 +90,14 @@ pub(super) fn default_key<'a>(kind: &str, data: &'a [u8]) -> Sure<Option<&'a str
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// The index of the first `"`, `\\` or control character (< 0x20) in `s`, 8 bytes at a time.
+/// The index of the first `"`, `\\` or control character (< 0x20) in `s`, 8 bytes at a time,
+/// and whether the bytes before it are all ASCII.
 #[inline]
-fn find_stop(s: &[u8]) -> Option<usize> {
-    let chunks = s.chunks_exact(8);
-    let tail = chunks.remainder();
-    for (n, chunk) in chunks.enumerate() {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
+fn find_stop(s: &[u8]) -> Option<(usize, bool)> {
+    let mut i = 0;
+    // Every byte passed, or'ed: bit 7 of some byte is set if one of them is not ASCII.
+    let mut seen = 0u64;
+    while let Some(word) = s.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
         let x = u64::from_le_bytes(word);
         let quote = x ^ (ONES * u64::from(b'"'));
         let backslash = x ^ (ONES * u64::from(b'\\'));
@@ -108,13 +108,20 @@ fn find_stop(s: &[u8]) -> Option<usize> {
             | (x.wrapping_sub(ONES * 0x20) & !x))
             & HIGH;
         if hit != 0 {
-            return Some(n * 8 + (hit.trailing_zeros() / 8) as usize);
+            let at = (hit.trailing_zeros() / 8) as usize;
+            seen |= x & ((1u64 << (at * 8)) - 1);
+            return Some((i + at, seen & HIGH == 0));
         }
+        seen |= x;
+        i += 8;
     }
-    let base = s.len() - tail.len();
-    tail.iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-        .map(|p| base + p)
+    for (n, &c) in s.get(i..)?.iter().enumerate() {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            return Some((i + n, seen & HIGH == 0));
+        }
+        seen |= u64::from(c);
+    }
+    None
 }
 
 struct Scanner<'a> {
@@ -167,13 +174,13 @@ impl<'a> Scanner<'a> {
     #[inline]
     fn plain_str(&mut self) -> Sure<&'a [u8]> {
         let rest = &self.b[self.i..];
-        let n = find_stop(rest)?;
+        let (n, ascii) = find_stop(rest)?;
         if rest[n] != b'"' {
             return None;
         }
         self.i += n + 1;
         let text = &rest[..n];
-        (text.is_ascii() || std::str::from_utf8(text).is_ok()).then_some(text)
+        (ascii || std::str::from_utf8(text).is_ok()).then_some(text)
     }
 
     /// A value read as "a string or nothing": a plain string, or `null`/`true`/`false`
@@ -340,7 +347,7 @@ impl<'a> Scanner<'a> {
     fn skip_str(&mut self) -> Sure<()> {
         loop {
             let rest = &self.b[self.i..];
-            let n = find_stop(rest)?;
+            let (n, _) = find_stop(rest)?;
             self.i += n + 1;
             match rest[n] {
                 b'"' => return Some(()),
