@@ -76,10 +76,12 @@ pub(super) fn default_key<'a>(kind: &str, data: &'a [u8]) -> Sure<Option<&'a str
             break;
         }
     }
-    let id = if kind == "conversation" { f[2] } else { None };
+    // The kind is only looked at when it matters (its bytes are one more cold cache line
+    // for an event just received on another thread).
+    let id = || if kind == "conversation" { f[2] } else { None };
     // Checked to be UTF-8 when read.
     f[0].or(f[1])
-        .or(id)
+        .or_else(id)
         .or(f[3])
         .or(f[4])
         .map(std::str::from_utf8)
