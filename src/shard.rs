@@ -11,13 +11,14 @@
 //! wrapping multiply; no terminator, no length prefix). An event whose key is `None` belongs
 //! to shard 0.
 
-use std::borrow::Cow;
-use std::fmt;
+mod scan;
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::payload::Ids;
 
 /// FNV-1a 64-bit offset basis.
 pub const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
@@ -184,126 +185,17 @@ impl ShardLayout {
 /// The default key of an event, exactly as `crate::payload::default_key` reads it (the
 /// conversation: `conversation`, else `conversationId`, else a `conversation` event's `id`;
 /// else the group: `conversation_group`, else `conversationGroupId`; only string values count,
-/// the last of duplicate keys wins, a payload that is not a JSON object has none), but reading
-/// only those keys: every other value is skipped unread, so the filter costs about one pass
-/// of the parser over the bytes. Borrowed unless the key has escapes.
+/// the last of duplicate keys wins, a payload that is not a JSON object has none). A
+/// hand-written scanner of the top-level object answers when it is sure (plain keys and key
+/// values, the usual payloads: see `scan`); anything else is read by `payload::Ids::parse`
+/// itself. Borrowed unless the key has escapes.
 pub fn default_key_of<'a>(kind: &str, data: &'a [u8]) -> Option<Cow<'a, str>> {
-    let mut de = serde_json::Deserializer::from_slice(data);
-    let found = de.deserialize_any(KeyVisitor).ok()??;
-    let id = if kind == "conversation" {
-        found.id
-    } else {
-        None
-    };
-    found
-        .conversation
-        .or(found.conversation_id)
-        .or(id)
-        .or(found.group)
-        .or(found.group_id)
-}
-
-#[derive(Default)]
-struct KeyFields<'a> {
-    conversation: Option<Cow<'a, str>>,
-    conversation_id: Option<Cow<'a, str>>,
-    id: Option<Cow<'a, str>>,
-    group: Option<Cow<'a, str>>,
-    group_id: Option<Cow<'a, str>>,
-}
-
-/// A string, or `None` for any other JSON value (skipped without allocating).
-struct Text<'a>(Option<Cow<'a, str>>);
-
-impl<'de> serde::Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_any(TextVisitor).map(Text)
-    }
-}
-
-struct TextVisitor;
-
-/// Every visit that is not a string: `None`.
-macro_rules! not_text {
-    ($($name:ident: $t:ty),*) => {
-        $(fn $name<E: serde::de::Error>(self, _: $t) -> std::result::Result<Self::Value, E> {
-            Ok(None)
-        })*
-        fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
-            Ok(None)
+    match scan::default_key(kind, data) {
+        Some(key) => key.map(Cow::Borrowed),
+        None => {
+            let ids = Ids::parse(kind, data);
+            ids.conversation.or(ids.group)
         }
-        fn visit_none<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(None)
-        }
-    };
-}
-
-impl<'de> Visitor<'de> for TextVisitor {
-    type Value = Option<Cow<'de, str>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    not_text!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64);
-
-    fn visit_borrowed_str<E: serde::de::Error>(
-        self,
-        v: &'de str,
-    ) -> std::result::Result<Self::Value, E> {
-        Ok(Some(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
-        Ok(Some(Cow::Owned(v.to_string())))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> std::result::Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-}
-
-/// The top-level object's key fields; `None` for a payload that is not an object.
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Option<KeyFields<'de>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    not_text!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64,
-              visit_str: &str);
-
-    fn visit_map<A: MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> std::result::Result<Self::Value, A::Error> {
-        let mut f = KeyFields::default();
-        while let Some(key) = map.next_key::<Text<'de>>()? {
-            let slot = match key.0.as_deref() {
-                Some("conversation") => &mut f.conversation,
-                Some("conversationId") => &mut f.conversation_id,
-                Some("id") => &mut f.id,
-                Some("conversation_group") => &mut f.group,
-                Some("conversationGroupId") => &mut f.group_id,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-            };
-            *slot = map.next_value::<Text<'de>>()?.0;
-        }
-        Ok(Some(f))
     }
 }
 
