@@ -81,6 +81,9 @@ pub struct Driver {
     stop: StopHandle,
     stats: Arc<Stats>,
     client_id: String,
+    /// Shards with the default key: `next_action` may read and drop many events of other
+    /// shards, so it runs without the GIL (other Python threads go on meanwhile).
+    drops_without_gil: bool,
 }
 
 /// Our own duplicate of the caller's end of the wake-up socket pair.
@@ -119,6 +122,7 @@ impl Driver {
         let mut cfg = config.into_loop_config()?;
         cfg.custom_key = custom_key;
         let client_id = cfg.client_id.clone();
+        let drops_without_gil = cfg.shard_count > 1 && !custom_key;
         let events = event_client(py, events)?;
         let checkpoints = checkpoint_client(py, checkpoints)?;
         let inner = driver::Driver::new(
@@ -138,6 +142,7 @@ impl Driver {
             stats: inner.stats.clone(),
             inner: Mutex::new(inner),
             client_id,
+            drops_without_gil,
         })
     }
 
@@ -173,7 +178,7 @@ impl Driver {
         cancelled: Option<Vec<u64>>,
         keys: Option<Vec<Option<String>>>,
     ) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
-        let step = {
+        let step = || {
             let mut inner = lock(&self.inner);
             let now = Instant::now();
             if done.is_some() || failed.is_some() || cancelled.is_some() || keys.is_some() {
@@ -185,11 +190,19 @@ impl Driver {
                 };
                 if let Err(e) = inner.report(now, report) {
                     inner.abort();
-                    return Err(to_py_err_in(py, e));
+                    return Err(e);
                 }
             }
-            inner.next_action(now)
+            Ok(inner.next_action(now))
         };
+        // The lock is taken and released inside the closure, so it is never held while the
+        // GIL is being reacquired.
+        let step = if self.drops_without_gil {
+            py.detach(step)
+        } else {
+            step()
+        }
+        .map_err(|e| to_py_err_in(py, e))?;
         let envelope = |e| Py::new(py, EventEnvelope::from_event(e));
         let (action, payload) = match step {
             driver::Action::Handle(batch) => {
