@@ -97,6 +97,11 @@ impl Buffer {
     /// Adds an event, waiting while the buffer is full. Returns false if cancelled first.
     pub async fn push(&self, event: Event, cancel: &CancellationToken) -> bool {
         let size = event_bytes(&event);
+        // Another shard's event (decided by the network thread) needs no prompt attention:
+        // it wakes the consumer only once the buffer is half full, so the consumer drops
+        // them in large batches instead of waking per event; the consumer's waits are
+        // bounded meanwhile (`Driver::bound_quiet_wait`).
+        let quiet = event.shard == crate::model::ShardMark::Foreign;
         let mut event = Some(event);
         loop {
             {
@@ -109,7 +114,9 @@ impl Buffer {
                         inner.queue.push_back(ev);
                         inner.bytes = inner.bytes.saturating_add(size);
                     }
-                    if inner.consumer_waiting {
+                    let half_full = inner.queue.len().saturating_mul(2) >= self.capacity
+                        || inner.bytes.saturating_mul(2) >= self.max_bytes;
+                    if inner.consumer_waiting && (!quiet || half_full) {
                         inner.consumer_waiting = false;
                         drop(inner);
                         self.wake.wake();
@@ -207,7 +214,40 @@ mod tests {
             data: Bytes::from_static(b"{}"),
             cursor: Some(cursor.into()),
             received: SystemTime::now(),
+            shard: crate::model::ShardMark::Undecided,
         }
+    }
+
+    /// Other shards' events (marked by the network thread) wake a waiting consumer only
+    /// once the buffer is half full; any other event wakes it at once.
+    #[tokio::test]
+    async fn foreign_events_wake_the_consumer_only_at_half_capacity() {
+        let wake = Arc::new(Wake::new());
+        let buf = Buffer::new(10, wake.clone());
+        let c = CancellationToken::new();
+        let woken = |wake: Arc<Wake>| async move {
+            tokio::time::timeout(std::time::Duration::from_millis(30), wake.notified())
+                .await
+                .is_ok()
+        };
+        let foreign = |cursor: &str| Event {
+            shard: crate::model::ShardMark::Foreign,
+            ..ev("entry", cursor)
+        };
+        assert!(matches!(buf.take(10), Taken::Empty)); // the consumer waits
+        for i in 0..4 {
+            assert!(buf.push(foreign(&i.to_string()), &c).await);
+        }
+        assert!(!woken(wake.clone()).await, "4 of 10: no wake-up yet");
+        assert!(buf.push(foreign("4"), &c).await);
+        assert!(woken(wake.clone()).await, "half full: woken");
+        match buf.take(10) {
+            Taken::Events(v) => assert_eq!(v.len(), 5),
+            _ => panic!("expected events"),
+        }
+        assert!(matches!(buf.take(10), Taken::Empty));
+        assert!(buf.push(ev("entry", "5"), &c).await);
+        assert!(woken(wake).await, "an event of this shard wakes at once");
     }
 
     #[tokio::test]

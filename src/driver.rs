@@ -437,9 +437,15 @@ impl Driver {
         match self.phase {
             Phase::Created => Action::Done(Err(Error::Invalid("the loop was not started".into()))),
             Phase::Done => Action::Done(Ok(())),
-            Phase::Running if self.concurrent => self.next_concurrent(now),
+            Phase::Running if self.concurrent => {
+                let action = self.next_concurrent(now);
+                self.bound_quiet_wait(now, action)
+            }
             Phase::Draining => self.next_draining(now),
-            Phase::Running => self.next_sequential(now),
+            Phase::Running => {
+                let action = self.next_sequential(now);
+                self.bound_quiet_wait(now, action)
+            }
             Phase::FinalFlush => {
                 self.phase = Phase::FinalSnapshot;
                 Action::Flush

@@ -191,13 +191,18 @@ impl Driver {
     }
 
     /// Shards, default key: admits the events of this shard (the key is read and hashed in
-    /// Rust); an event of another shard counts as done at once, so the watermark moves over it
-    /// (docs/semantics.md, "Shards").
+    /// Rust, usually already by the network thread: `Event::shard`); an event of another shard
+    /// counts as done at once, so the watermark moves over it (docs/semantics.md, "Shards").
     fn admit_sharded(&mut self, batch: Vec<Event>) {
         let layout = self.cfg.shard_layout();
         let mut foreign = 0;
-        for e in batch {
-            match layout.own_default_key(&e.kind, &e.data) {
+        for mut e in batch {
+            let decided = match std::mem::take(&mut e.shard) {
+                ShardMark::Own(key) => Some(key),
+                ShardMark::Foreign => None,
+                ShardMark::Undecided => layout.own_default_key(&e.kind, &e.data),
+            };
+            match decided {
                 Some(key) => self.admit(key, e),
                 None => {
                     foreign += 1;
@@ -333,4 +338,4 @@ impl Driver {
     }
 }
 
-use crate::model::Event;
+use crate::model::{Event, ShardMark};

@@ -7,12 +7,16 @@
 //! position moves over it and the next batch is taken at once. With one shard (the default)
 //! nothing here reads a key.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Action, Driver, Outstanding};
 use crate::buffer::Taken;
 use crate::error::{Error, Result};
-use crate::model::Event;
+use crate::model::{Event, ShardMark};
+
+/// The longest a sharded loop waits without looking at the buffer (see
+/// [`Driver::bound_quiet_wait`]).
+pub(super) const QUIET_WAIT: Duration = Duration::from_millis(50);
 use crate::stats::Stats;
 
 /// What [`Driver::hand_out`] made of a batch.
@@ -61,6 +65,18 @@ impl Driver {
         }
     }
 
+    /// Shards with the default key: other shards' events do not wake the processor's loop one
+    /// by one (`crate::buffer`), so its waits are bounded by [`QUIET_WAIT`]: the watermark
+    /// moves over events that arrived quietly within that time.
+    pub(super) fn bound_quiet_wait(&self, now: Instant, action: Action) -> Action {
+        match action {
+            Action::Wait(deadline) if self.cfg.shard_count > 1 && !self.cfg.custom_key => {
+                Action::Wait(deadline.min(crate::backoff::deadline_after(now, QUIET_WAIT)))
+            }
+            other => other,
+        }
+    }
+
     /// Hands a batch to the processor (the default path: the whole batch, no key read).
     fn hand_out(&mut self, batch: Vec<Event>) -> HandOut {
         if self.cfg.shard_count > 1 {
@@ -72,7 +88,12 @@ impl Driver {
             let layout = self.cfg.shard_layout();
             let owned = batch
                 .iter()
-                .map(|e| layout.owns_event(&e.kind, &e.data))
+                .map(|e| match e.shard {
+                    // Decided by the network thread while the payload was in the cache.
+                    ShardMark::Own(_) => true,
+                    ShardMark::Foreign => false,
+                    ShardMark::Undecided => layout.owns_event(&e.kind, &e.data),
+                })
                 .collect();
             return self.hand_out_owned(batch, owned);
         }

@@ -423,3 +423,57 @@ async fn a_bad_layout_in_the_config_is_refused() {
         assert!(text.contains("shard_"), "{text}");
     }
 }
+
+/// The network thread decides each business event's shard while it holds the payload
+/// (`Event::shard`), with the default key only; signals, one shard and a custom key leave the
+/// decision to the driver.
+#[tokio::test]
+async fn the_stream_loop_marks_each_event_with_its_shard() {
+    use crate::buffer::{Buffer, Taken};
+    use crate::model::ShardMark;
+
+    async fn marks(cfg: LoopConfig) -> Vec<(u64, ShardMark)> {
+        let source = FakeSource::new(vec![events(1..=60)]);
+        let buffer = Arc::new(Buffer::new(1000, Arc::new(crate::wake::Wake::new())));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(crate::stream_loop::run(
+            source,
+            Arc::new(cfg),
+            Some("start".into()),
+            buffer.clone(),
+            Arc::new(Stats::default()),
+            cancel.clone(),
+        ));
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.len() < 60 && Instant::now() < deadline {
+            match buffer.take(100) {
+                Taken::Events(batch) => {
+                    out.extend(batch.into_iter().map(|e| (cursor(&e), e.shard)))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        cancel.cancel();
+        let _ = task.await;
+        out
+    }
+
+    let sharded = marks(shard_config(1, 3, 1, false)).await;
+    assert_eq!(sharded.len(), 60);
+    let layout = ShardLayout { index: 1, count: 3 };
+    for (c, mark) in &sharded {
+        let expected = match layout.own_default_key("entry", &event(*c).data) {
+            Some(key) => ShardMark::Own(key),
+            None => ShardMark::Foreign,
+        };
+        assert_eq!(*mark, expected, "event {c}");
+    }
+    assert!(sharded.iter().any(|(_, m)| *m == ShardMark::Foreign));
+    assert!(sharded.iter().any(|(_, m)| matches!(m, ShardMark::Own(_))));
+    for cfg in [shard_config(0, 1, 1, false), shard_config(1, 3, 1, true)] {
+        let undecided = marks(cfg).await;
+        assert_eq!(undecided.len(), 60);
+        assert!(undecided.iter().all(|(_, m)| *m == ShardMark::Undecided));
+    }
+}

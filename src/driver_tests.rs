@@ -19,6 +19,7 @@ fn ev(kind: &str, event: &str, cursor: Option<&str>, data: &str) -> Event {
         data: Bytes::copy_from_slice(data.as_bytes()),
         cursor: cursor.map(str::to_string),
         received: SystemTime::now(),
+        shard: crate::model::ShardMark::Undecided,
     }
 }
 

@@ -313,6 +313,7 @@ impl EventStream for GrpcStream {
                 data: n.data,
                 cursor: n.cursor,
                 received: SystemTime::now(),
+                shard: crate::model::ShardMark::Undecided,
             })),
             Ok(None) => Ok(None),
             Err(status) => Err(status_error(&self.secrets, "SubscribeEvents", &status)),

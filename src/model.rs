@@ -19,6 +19,23 @@ pub struct Event {
     pub cursor: Option<String>,
     /// Time of receipt (the wire carries no event time).
     pub received: SystemTime,
+    /// Shards with the default key: the network thread's decision, taken while the payload
+    /// is still in the cache (the driver decides itself when it is `Undecided`).
+    pub shard: ShardMark,
+}
+
+/// Whether an event belongs to this shard, as decided where it was received
+/// (`crate::shard`, default key only).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ShardMark {
+    /// Not decided yet (one shard, a custom `key()`, a stream signal, an event built in Rust
+    /// tests or given by a Python client).
+    #[default]
+    Undecided,
+    /// Another shard's event: dropped before the processor.
+    Foreign,
+    /// This shard's event, with its default key (the lane key in concurrent mode).
+    Own(Option<String>),
 }
 
 impl Event {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{deadline_after, Backoff};
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
-use crate::model::{EventClient, LoopConfig, StalePolicy};
+use crate::model::{EventClient, LoopConfig, ShardMark, StalePolicy};
 use crate::stats::{Stats, StreamPhase};
 
 /// Another immediate resume this soon after the last one, without progress, backs off.
@@ -251,6 +251,9 @@ async fn consume(
     state: &mut LoopState,
 ) -> Result<StreamEnd> {
     let subscribed_with = cursor.clone();
+    // Shards with the default key: decide each event's shard here, while its payload is in
+    // the cache (docs/semantics.md, "Shards"); the driver drops the foreign ones.
+    let shard_layout = (cfg.shard_count > 1 && !cfg.custom_key).then(|| cfg.shard_layout());
     let mut seen_live = false;
     let mut business_events = 0u64;
     let mut evicted = false;
@@ -259,7 +262,7 @@ async fn consume(
             r = stream.recv() => r,
             _ = cancel.cancelled() => return Ok(StreamEnd::Stopped),
         };
-        let event = match next {
+        let mut event = match next {
             Ok(Some(ev)) => ev,
             Ok(None) => {
                 if evicted {
@@ -388,6 +391,12 @@ async fn consume(
             continue;
         }
         business_events += 1;
+        if let Some(layout) = &shard_layout {
+            event.shard = match layout.own_default_key(&event.kind, &event.data) {
+                Some(key) => ShardMark::Own(key),
+                None => ShardMark::Foreign,
+            };
+        }
         state.progress();
         if business_events == 1 && stats.phase() == StreamPhase::Connecting {
             stats.set_phase(StreamPhase::Streaming);

@@ -52,6 +52,7 @@ impl EventEnvelope {
             data: self.raw.clone(),
             cursor: self.cursor.clone(),
             received: self.received,
+            shard: crate::model::ShardMark::Undecided,
         }
     }
 }
