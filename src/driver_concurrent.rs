@@ -13,7 +13,7 @@ use log::{info, warn};
 
 use super::{Action, Driver, Phase};
 use crate::buffer::Taken;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lanes::{Admitted, Failure};
 use crate::payload::default_key;
 use crate::stats::Stats;
@@ -121,18 +121,7 @@ impl Driver {
             }
         }
         if let Some(keys) = report.keys {
-            let Some(events) = self.pending_keys.take() else {
-                return Err(Error::Invalid(
-                    "keys reported but none were asked for".into(),
-                ));
-            };
-            if keys.len() != events.len() {
-                return Err(Error::Invalid(format!(
-                    "{} keys reported for {} events",
-                    keys.len(),
-                    events.len()
-                )));
-            }
+            let events = self.keyed_events(&keys)?;
             let layout = self.cfg.shard_layout();
             let mut foreign = 0;
             for (key, event) in keys.into_iter().zip(events) {

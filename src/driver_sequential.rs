@@ -65,6 +65,23 @@ impl Driver {
         }
     }
 
+    /// The events of the last [`Action::Keys`], checked against the keys reported for them.
+    pub(super) fn keyed_events(&mut self, keys: &[Option<String>]) -> Result<Vec<Event>> {
+        let Some(events) = self.pending_keys.take() else {
+            return Err(Error::Invalid(
+                "keys reported but none were asked for".into(),
+            ));
+        };
+        if keys.len() != events.len() {
+            return Err(Error::Invalid(format!(
+                "{} keys reported for {} events",
+                keys.len(),
+                events.len()
+            )));
+        }
+        Ok(events)
+    }
+
     /// Shards with the default key: other shards' events do not wake the processor's loop one
     /// by one (`crate::buffer`), so its waits are bounded by [`QUIET_WAIT`]: the watermark
     /// moves over events that arrived quietly within that time.
@@ -170,18 +187,7 @@ impl Driver {
                 "report() is only used when events run concurrently".into(),
             ));
         };
-        let Some(events) = self.pending_keys.take() else {
-            return Err(Error::Invalid(
-                "keys reported but none were asked for".into(),
-            ));
-        };
-        if keys.len() != events.len() {
-            return Err(Error::Invalid(format!(
-                "{} keys reported for {} events",
-                keys.len(),
-                events.len()
-            )));
-        }
+        let events = self.keyed_events(&keys)?;
         let layout = self.cfg.shard_layout();
         let owned = keys.iter().map(|k| layout.owns(k.as_deref())).collect();
         self.keyed = Some((events, owned));

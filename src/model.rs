@@ -319,6 +319,20 @@ pub fn resume_cursor(value: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// A stored value for an error message: its JSON, cut after 200 bytes.
+pub fn shown_value(v: &serde_json::Value) -> String {
+    let mut shown = v.to_string();
+    if shown.len() > 200 {
+        let mut end = 200;
+        while !shown.is_char_boundary(end) {
+            end -= 1;
+        }
+        shown.truncate(end);
+        shown.push_str("...");
+    }
+    shown
+}
+
 /// The runtime's position stored in a loaded checkpoint of `client_id`. `lastEventCursor` may be
 /// absent or null (no position), a non-empty string, or an integer (converted to its decimal
 /// text); anything else is refused naming the value, since ignoring it would silently move the
@@ -334,15 +348,7 @@ pub fn stored_position(client_id: &str, value: &serde_json::Value) -> Result<Sto
         Some(v) => match resume_cursor(value) {
             Some(c) => Some(c),
             None => {
-                let mut shown = v.to_string();
-                if shown.len() > 200 {
-                    let mut end = 200;
-                    while !shown.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    shown.truncate(end);
-                    shown.push_str("...");
-                }
+                let shown = shown_value(v);
                 return Err(Error::Config(format!(
                     "the stored checkpoint of client_id={client_id} has {CURSOR_KEY} = {shown}: \
                      expected a non-empty string cursor (or an integer), null or no key; fix or \

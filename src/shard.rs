@@ -131,15 +131,7 @@ impl ShardLayout {
                 Ok(ShardLayout { index, count })
             }
             _ => {
-                let mut shown = raw.to_string();
-                if shown.len() > 200 {
-                    let mut end = 200;
-                    while !shown.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    shown.truncate(end);
-                    shown.push_str("...");
-                }
+                let shown = crate::model::shown_value(raw);
                 Err(Error::Config(format!(
                     "the stored checkpoint of client_id={client_id} has {LAYOUT_KEY} = {shown}: \
                      expected {{\"index\": i, \"count\": n}} with 0 <= i < n; fix or delete the \
