@@ -589,8 +589,13 @@ def test_processor_error_in_handle_during_reconnects_is_not_masked(server):
     async def main():
         s = Started(rt, p, server)
         await s.wait_live()
-        for _ in range(3):
+        for i in range(3):
             publish_entries(server, 5)
+            if i == 0:
+                # A checkpoint exists before the failure (else there would be none to check).
+                deadline = asyncio.get_running_loop().time() + 10
+                while stored_cursor(server) != "5" and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.005)
             server.drop_streams()
             await asyncio.sleep(0.02)
         await asyncio.wait_for(s.task, 20)
@@ -600,7 +605,7 @@ def test_processor_error_in_handle_during_reconnects_is_not_masked(server):
     assert info.value is p.failure
     assert p.handled == cursors(1, 14)
     stored = stored_cursor(server)
-    assert stored is not None and int(stored) <= 14
+    assert stored is not None and 5 <= int(stored) <= 14
 
 
 # ---------------------------------------------------------------------------------------------
