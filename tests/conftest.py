@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import importlib.util
 import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, TypeVar
 
 import pytest
 
-from memory_service_processor import Config, EventEnvelope, EventProcessor, Runtime
+from memory_service_processor import Config, EventEnvelope, EventProcessor, GrpcEventClient, Runtime, SubscribeRequest
 from memory_service_processor.testing import LocalMemoryService
 
 T = TypeVar("T")
@@ -325,3 +328,29 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+# -- the repository's examples ----------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str, prefix: str = "example") -> ModuleType:
+    """Imports examples/<name>.py as a fresh module named ``<prefix>_<name>`` (as ``run
+    examples/<name>.py:Class`` does)."""
+    spec = importlib.util.spec_from_file_location(f"{prefix}_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class SummaryEvents:
+    """An event client asking for summary payloads (the runtime asks for ``detail="full"``)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.inner = GrpcEventClient(endpoint)
+
+    async def subscribe(self, request: SubscribeRequest) -> Any:
+        return await self.inner.subscribe(dataclasses.replace(request, detail="summary"))

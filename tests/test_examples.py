@@ -4,8 +4,6 @@ They run through the testing kit (`run_until_handled`), as a processor author's 
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import os
 import re
 import signal
@@ -14,38 +12,20 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from conftest import cfg, run, wait_until
-from memory_service_processor import Config, EventEnvelope, GrpcCheckpointClient, GrpcEventClient, SubscribeRequest
+from conftest import EXAMPLES, SummaryEvents, cfg, load_example, run, wait_until
+from memory_service_processor import Config, EventEnvelope, GrpcCheckpointClient
 from memory_service_processor.testing import LocalMemoryService, run_until_handled
 from memory_service_processor.testing.events import Activity
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples"
 
 
-def load_example(name: str) -> ModuleType:
-    """Imports examples/<name>.py as a module (as ``run examples/<name>.py:Class`` does)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-class SummaryEvents:
-    """An event client asking for summary payloads (the runtime asks for ``detail="full"``)."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.inner = GrpcEventClient(endpoint)
-
-    async def subscribe(self, request: SubscribeRequest) -> Any:
-        return await self.inner.subscribe(dataclasses.replace(request, detail="summary"))
 
 
 def run_until(processor: Any, server: LocalMemoryService, config: Config, last_cursor: str, mode: str = "full") -> None:

@@ -9,43 +9,31 @@ below would fail."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import importlib.util
 import re
 import sqlite3
-import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 
-from conftest import run
+from conftest import SummaryEvents, run
+from conftest import load_example as _load
 from memory_service_processor import Config, GrpcCheckpointClient, GrpcEventClient, SubscribeRequest
 from memory_service_processor.testing import LocalMemoryService, run_until_handled
 from upstream_stub import C1, C2, G1, SCENARIO, SCENARIO_CURSORS, UpstreamStub
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MODES = pytest.mark.parametrize("mode", ["full", "summary"])
 
 
 def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"upstream_example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return _load(name, prefix="upstream_example")
 
 
-class SummaryEvents:
-    """An event client asking for summary payloads (the runtime asks for ``detail="full"``)."""
 
-    def __init__(self, endpoint: str) -> None:
-        self.inner = GrpcEventClient(endpoint)
 
-    async def subscribe(self, request: SubscribeRequest) -> Any:
-        return await self.inner.subscribe(dataclasses.replace(request, detail="summary"))
+
+
 
 
 @pytest.fixture

@@ -7,31 +7,23 @@ counted twice, every conversation on exactly one new shard."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
 
+from conftest import load_example
 from memory_service_processor import Config, ConfigurationError, shard_of
 from memory_service_processor.testing import LocalMemoryService, run_until_handled
 from memory_service_processor.testing.events import synthetic_entries
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sharded_counter.py"
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def example() -> Any:
-    spec = importlib.util.spec_from_file_location("sharded_counter_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+
 
 
 def publish(server: LocalMemoryService, count: int, seed: int, expected: Counter) -> str:
@@ -49,7 +41,7 @@ async def run_shard(module: Any, server: LocalMemoryService, client_id: str, ind
 
 
 def test_reshard_two_shards_into_three_equals_one_clean_run(tmp_path: Path) -> None:
-    module = example()
+    module = load_example("sharded_counter")
     server = LocalMemoryService()
     server.start_sync()
     expected: Counter = Counter()
@@ -91,7 +83,7 @@ def test_reshard_two_shards_into_three_equals_one_clean_run(tmp_path: Path) -> N
 
 
 def test_reshard_refuses_an_incomplete_layout() -> None:
-    module = example()
+    module = load_example("sharded_counter")
     only_one = [{"conversations": {}, "lastEventCursor": "10", "shardLayout": {"index": 0, "count": 2}}]
     with pytest.raises(ValueError, match="every shard of one layout"):
         module.reshard(only_one, 3)
@@ -101,7 +93,7 @@ def test_reshard_refuses_an_incomplete_layout() -> None:
 
 
 def test_a_shard_started_on_another_layouts_checkpoint_refuses(tmp_path: Path) -> None:
-    module = example()
+    module = load_example("sharded_counter")
     server = LocalMemoryService()
     server.start_sync()
     try:
