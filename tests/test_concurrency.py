@@ -51,6 +51,7 @@ class Lanes(EventProcessor):
         self.rng = random.Random(seed)
         self.latency = latency
         self.overlaps: List[str] = []
+        self.tasks: Set[Any] = set()  # the task objects that ran handlers (ids could be reused)
 
     def load(self, state: Any) -> None:
         self.counts = dict(state.get("counts", {}))
@@ -63,13 +64,18 @@ class Lanes(EventProcessor):
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         self.order.setdefault(k, []).append(int(event.cursor or 0))
+        self.tasks.add(asyncio.current_task())
         try:
-            await asyncio.sleep(self.rng.random() * self.latency)
+            await asyncio.sleep(self.delay(event))
         finally:
             self.running.discard(k)
             self.active -= 1
         self.counts[k] = self.counts.get(k, 0) + 1
         self.handled.append(event.cursor or "")
+
+    def delay(self, event: EventEnvelope) -> float:
+        """How long the handler of ``event`` awaits: up to ``latency``, at random."""
+        return self.rng.random() * self.latency
 
     def snapshot(self) -> Any:
         return {"counts": self.counts}

@@ -4,69 +4,35 @@ the driver)."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, Dict, List, Set
+from typing import Any, Dict
 
 import pytest
 
-from memory_service_processor import EventEnvelope, EventProcessor
+from memory_service_processor import EventEnvelope
 from memory_service_processor.testing import ProcessorRun, run_until_handled
 
 from conftest import cfg, run
+from test_concurrency import Lanes, publish
 
 pytestmark = pytest.mark.timeout(90)
 
 CT = "application/vnd.test.conc-stats+json;v=1"
 
 
-def publish(server: Any, n: int, conversations: int) -> List[str]:
-    """``n`` entry events spread round-robin over ``conversations``; returns their cursors."""
-    return server.publish_many(
-        [("entry", "appended", {"conversation": f"c{i % conversations}", "entry": f"e{i}"}) for i in range(n)]
-    )
-
-
-class Timed(EventProcessor):
-    """Sleeps ``slow_seconds`` for the event at ``slow_cursor`` and ``seconds`` for the others;
-    records overlap per key, stream order per key, and which task ran each call."""
+class Timed(Lanes):
+    """:class:`test_concurrency.Lanes` with fixed delays: ``slow_seconds`` for the event at
+    ``slow_cursor``, ``seconds`` for the others."""
 
     CONTENT_TYPE = CT
 
     def __init__(self, seconds: float, slow_cursor: str = "", slow_seconds: float = 0.0) -> None:
+        super().__init__()
         self.seconds = seconds
         self.slow_cursor = slow_cursor
         self.slow_seconds = slow_seconds
-        self.counts: Dict[str, int] = {}
-        self.running: Set[str] = set()
-        self.overlaps: List[str] = []
-        self.order: Dict[str, List[int]] = {}
-        self.active = 0
-        self.max_active = 0
-        self.tasks: Set[Any] = set()  # the task objects themselves (ids could be reused)
-        self.handled: List[str] = []
 
-    def load(self, state: Any) -> None:
-        self.counts = dict(state.get("counts", {}))
-
-    async def handle(self, event: EventEnvelope) -> None:
-        k = self.key(event) or ""
-        if k in self.running:
-            self.overlaps.append(k)
-        self.running.add(k)
-        self.order.setdefault(k, []).append(int(event.cursor or 0))
-        self.tasks.add(asyncio.current_task())
-        self.active += 1
-        self.max_active = max(self.max_active, self.active)
-        try:
-            await asyncio.sleep(self.slow_seconds if event.cursor == self.slow_cursor else self.seconds)
-        finally:
-            self.running.discard(k)
-            self.active -= 1
-        self.counts[k] = self.counts.get(k, 0) + 1
-        self.handled.append(event.cursor or "")
-
-    def snapshot(self) -> Any:
-        return {"counts": self.counts}
+    def delay(self, event: EventEnvelope) -> float:
+        return self.slow_seconds if event.cursor == self.slow_cursor else self.seconds
 
 
 def test_handle_seconds_are_recorded_per_call_in_concurrent_mode(server):
