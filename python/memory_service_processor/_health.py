@@ -54,6 +54,17 @@ def _secs(seconds: float) -> str:
     return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}"
 
 
+def stats_reader(source: StatsSource, who: str) -> Callable[[], Dict[str, Any]]:
+    """The function that reads ``source``'s stats: its ``stats`` method (a Runtime), or
+    ``source`` itself when it is a zero-argument callable; ``TypeError`` naming ``who`` else."""
+    stats = getattr(source, "stats", None)
+    if callable(stats):
+        return stats  # type: ignore[no-any-return]
+    if callable(source):
+        return source
+    raise TypeError(f"{who} needs a Runtime (or an object with stats()) or a callable")
+
+
 class HealthCheck:
     """The liveness and readiness verdicts of one runtime.
 
@@ -63,13 +74,7 @@ class HealthCheck:
     """
 
     def __init__(self, source: StatsSource, liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT) -> None:
-        stats = getattr(source, "stats", None)
-        if callable(stats):
-            self._stats: Callable[[], Dict[str, Any]] = stats
-        elif callable(source):
-            self._stats = source
-        else:
-            raise TypeError("HealthCheck needs a Runtime (or an object with stats()) or a callable")
+        self._stats = stats_reader(source, "HealthCheck")
         self._source = source
         self.liveness_timeout = float(liveness_timeout)
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from . import _stats
-from ._health import DEFAULT_LIVENESS_TIMEOUT, BackgroundServer, HealthCheck
+from ._health import DEFAULT_LIVENESS_TIMEOUT, BackgroundServer, HealthCheck, stats_reader
 
 __all__ = ["StatsCollector", "MetricsServer", "start_metrics_server", "prometheus_available", "PHASES"]
 
@@ -87,13 +87,7 @@ class StatsCollector:
 
     def __init__(self, source: StatsSource, prefix: str = PREFIX) -> None:
         _require()
-        stats = getattr(source, "stats", None)
-        if callable(stats):
-            self._stats: Callable[[], Dict[str, Any]] = stats
-        elif callable(source):
-            self._stats = source
-        else:
-            raise TypeError("StatsCollector needs a Runtime (or an object with stats()) or a callable")
+        self._stats = stats_reader(source, "StatsCollector")
         self.prefix = prefix
 
     def describe(self) -> Iterator[Any]:
